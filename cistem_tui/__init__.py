@@ -1,0 +1,5 @@
+"""cistem-tui: the Textual terminal UI, a client of the cistemd daemon.
+
+It never opens the project database or imports kernels; it talks to cistemd
+only. Not built yet (issue 8).
+"""

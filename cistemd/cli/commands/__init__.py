@@ -1,0 +1,1 @@
+"""One module per ``cistem`` sub-command (see :mod:`cistemd.cli`)."""
