@@ -160,7 +160,7 @@ class TaskContext:
         Returns ``True`` once the job was cancelled; long loops should check it.
     """
 
-    task_id: int
+    task_id: str
     attempt: int
     scratch_dir: Path
     threads: int = 1

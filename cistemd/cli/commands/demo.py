@@ -17,6 +17,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 NAME = "demo"
 HELP = "simulate a small dataset and import it into a new project"
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         0.5 * (m["ctf"]["defocus_1_angstroms"] + m["ctf"]["defocus_2_angstroms"])
         for m in truth["micrographs"]
     ]
-    report = {
+    report: dict[str, Any] = {
         "demo_directory": str(directory),
         "project": summary,
         "project_integrity": integrity,
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, default=str))
         return 0
 
-    dataset = report["dataset"]
+    dataset: dict[str, Any] = report["dataset"]
     print(
         f"Simulated {dataset['movies']} movies, {dataset['particles']} particles, "
         f"defocus {dataset['mean_defocus_range_angstroms'][0]}–"
