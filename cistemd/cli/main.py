@@ -20,7 +20,7 @@ from cistemd.errors import CistemError
 __all__ = ["build_parser", "main"]
 
 # Order = order in ``cistem --help``.
-COMMAND_MODULES: tuple[str, ...] = ("demo", "simulate", "info", "project")
+COMMAND_MODULES: tuple[str, ...] = ("demo", "simulate", "info", "project", "run", "jobs", "job")
 
 _COMING = """\
 coming in later releases (see the issues):

@@ -1,0 +1,266 @@
+"""Broker figures: no-op tasks per second, dispatch latency, client replies under load.
+
+Starts a real ``cistemd serve`` in a temporary ``CISTEM_HOME`` and measures
+
+1. **throughput with real workers**: a ``selftest`` job of ``--tasks`` tasks
+   that do nothing (``sleep 0``; each still writes its small trace file) on
+   two local workers (``--profile local:2``): tasks per second from the first
+   to the last recorded result (the results' own timestamps in the DB);
+2. **broker throughput and dispatch latency**: the same job served by two
+   in-process protocol workers that do no work at all (the launched
+   processes of the job's profile just sleep): tasks per second, and the
+   time from a worker's ``task_request`` to its ``task_assign`` (which
+   includes the daemon's commit of the previous result), p50 / p99;
+3. **client replies under load**: while a ``--big``-task job runs on two real
+   workers, a client sends ``ping``, ``job_show`` and ``status_request`` in a
+   loop: reply time p50 / p99 / max of each.
+
+Prints figures; never fails on a time. Run::
+
+    .venv/bin/python benchmarks/broker.py [--tasks 20000] [--big 100000] [--skip-big]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import zmq
+
+from cistemd import protocol
+from cistemd.client import Client, ClientError
+from cistemd.manager.home import CistemHome
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def start_daemon(home: CistemHome, log: Path) -> subprocess.Popen[bytes]:
+    profile = os.environ.get("CISTEMD_BENCH_PROFILE")  # write a cProfile of the daemon here
+    prefix = ["-m", "cProfile", "-o", profile] if profile else []
+    argv = [sys.executable, *prefix, "-m", "cistemd.cli.daemon", "--home", str(home.root), "serve"]
+    with open(log, "ab") as handle:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with Client(home, timeout=1.0) as client:
+                client.ping()
+            return proc
+        except ClientError:
+            time.sleep(0.05)
+    raise SystemExit(f"daemon did not start; see {log}")
+
+
+def recorded_rate(project: Path, job_id: str) -> tuple[int, float]:
+    """Results recorded and their rate, from the first to the last result's timestamp."""
+    connection = sqlite3.connect(f"{(project / (project.name + '.db')).as_uri()}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(
+            "SELECT MIN(RECORDED_AT), MAX(RECORDED_AT), COUNT(*) FROM CISTEMD_RESULTS "
+            "WHERE JOB_ID = ?",
+            (int(job_id),),
+        ).fetchone()
+    finally:
+        connection.close()
+    first, last, count = rows
+
+    def parse(text: str) -> float:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    span = max(1e-9, parse(last) - parse(first))
+    return int(count), (count - 1) / span
+
+
+def real_workers(client: Client, project: Path, tasks: int) -> None:
+    started = time.monotonic()
+    job_id = client.submit(project, "selftest", {"tasks": tasks, "sleep": 0}, profile="local:2")
+    record = client.wait_for_job(job_id, timeout=3600, interval=0.5)
+    wall = time.monotonic() - started
+    count, rate = recorded_rate(project, job_id)
+    print(
+        f"[1] real workers (2 × selftest, sleep 0): {count} tasks {record['state']}, "
+        f"{rate:,.0f} tasks/s between first and last result ({wall:.1f} s from submit to end)"
+    )
+
+
+def protocol_worker(endpoint: str, job_id: str, worker_id: str) -> list[float]:
+    """A worker process that speaks the protocol and does nothing: pure broker load.
+
+    It is a load generator, not a protocol implementation under test: it
+    decodes assignments with plain msgpack and re-sends one prepared
+    ``task_request`` frame. Returns the request-to-assignment latencies.
+    """
+    import msgpack
+
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, worker_id.encode())
+    sock.connect(endpoint)
+    hello = {
+        "worker_id": worker_id,
+        "job_id": job_id,
+        "host": "bench",
+        "pid": os.getpid(),
+        "protocol_version": protocol.PROTOCOL_VERSION,
+        "threads": 1,
+    }
+    sock.send(protocol.encode(protocol.new_message("worker_hello", hello)))
+    request = protocol.encode(protocol.new_message("task_request"))
+    template = protocol.new_message(
+        "task_result", {"task_id": "0", "attempt": 1, "result": {}}
+    ).to_dict()
+    latencies: list[float] = []
+    asked = time.perf_counter()
+    sock.send(request)
+    try:
+        while sock.poll(30_000):
+            message = msgpack.unpackb(sock.recv())
+            kind = message["header"]["msg_type"]
+            if kind == "worker_shutdown":
+                break
+            if kind != "task_assign":
+                continue
+            latencies.append(time.perf_counter() - asked)
+            content = message["content"]
+            template["header"]["msg_id"] = os.urandom(12).hex()
+            template["content"] = {
+                "task_id": content["task_id"],
+                "attempt": content["attempt"],
+                "result": {},
+            }
+            sock.send(msgpack.packb(template))
+            asked = time.perf_counter()
+            sock.send(request)
+    finally:
+        sock.close()
+        context.term()
+    return latencies
+
+
+def protocol_workers(client: Client, home: CistemHome, project: Path, tasks: int) -> None:
+    profiles = home.root / "profiles"
+    profiles.mkdir(exist_ok=True)
+    (profiles / "idle.json").write_text(
+        json.dumps(
+            {
+                "name": "idle",
+                "commands": [
+                    {"command_to_run": "exec sleep 3600 # $command", "number_of_copies": 2}
+                ],
+            }
+        )
+    )
+    job_id = client.submit(project, "selftest", {"tasks": tasks, "sleep": 0}, profile="idle")
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(2) as pool:
+        started = time.perf_counter()
+        runs = pool.starmap(
+            protocol_worker, [(home.workers_endpoint, job_id, f"bench-{i}") for i in range(2)]
+        )
+        wall = time.perf_counter() - started
+    record = client.wait_for_job(job_id, timeout=60)
+    latencies = [value for run in runs for value in run]
+    count, rate = recorded_rate(project, job_id)
+    print(
+        f"[2] broker only (2 protocol workers, no work): {count} tasks {record['state']}, "
+        f"{rate:,.0f} tasks/s ({len(latencies) / wall:,.0f}/s wall); dispatch "
+        f"latency p50 {1000 * percentile(latencies, 0.5):.2f} ms, "
+        f"p99 {1000 * percentile(latencies, 0.99):.2f} ms"
+    )
+
+
+def replies_under_load(client: Client, project: Path, tasks: int) -> None:
+    started = time.monotonic()
+    job_id = client.submit(project, "selftest", {"tasks": tasks, "sleep": 0}, profile="local:2")
+    submitted = time.monotonic() - started
+    timings: dict[str, list[float]] = {"ping": [], "job_show": [], "status": []}
+    calls = {
+        "ping": lambda: client.ping(),
+        "job_show": lambda: client.job(job_id),
+        "status": lambda: client.status(),
+    }
+    state = "queued"
+    while state not in ("completed", "failed", "cancelled"):
+        for name, call in calls.items():
+            begin = time.perf_counter()
+            result = call()
+            timings[name].append(time.perf_counter() - begin)
+            if name == "job_show":
+                state = result["state"]  # type: ignore[index]
+        time.sleep(0.01)
+    wall = time.monotonic() - started
+    count, rate = recorded_rate(project, job_id)
+    print(
+        f"[3] {tasks:,}-task job on 2 real workers: {count} results, {rate:,.0f} tasks/s, "
+        f"{wall:.0f} s (submit acknowledged in {submitted:.2f} s); client replies meanwhile:"
+    )
+    for name, values in timings.items():
+        print(
+            f"      {name:<9} n={len(values):<6} p50 {1000 * percentile(values, 0.5):6.2f} ms   "
+            f"p99 {1000 * percentile(values, 0.99):6.2f} ms   max {1000 * max(values):6.2f} ms"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=20_000, help="tasks of runs 1 and 2")
+    parser.add_argument("--big", type=int, default=100_000, help="tasks of run 3")
+    parser.add_argument("--skip-big", action="store_true", help="skip run 3")
+    parser.add_argument("--dir", default=None, help="where to put the temporary home")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="cistemd-bench-", dir=args.dir))
+    home = CistemHome.at(root / "home")
+    proc = start_daemon(home, root / "daemon.log")
+    print(f"cistemd {sys.version.split()[0]}, {os.cpu_count()} CPUs, home {home.root}")
+    try:
+        with Client(home, timeout=120) as client:
+            project = root / "bench"
+            client.create_project(project)
+            real_workers(client, project, args.tasks)
+            protocol_workers(client, home, project, args.tasks)
+            if not args.skip_big:
+                replies_under_load(client, project, args.big)
+        print(f"    daemon RSS at the end: {rss_mib(proc.pid):.0f} MiB")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+if __name__ == "__main__":
+    main()

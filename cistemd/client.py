@@ -1,0 +1,599 @@
+"""A small synchronous client of cistemd, for scripts, the ``cistem`` command and the TUI.
+
+::
+
+    from cistemd.client import Client
+
+    with Client() as daemon:                       # $CISTEM_HOME/run/client.ipc
+        daemon.create_project("/data/apoferritin")
+        job_id = daemon.submit("/data/apoferritin", "selftest", {"tasks": 20}, profile="local:2")
+        job = daemon.wait_for_job(job_id, timeout=60)
+        print(job["state"], job["tasks"])
+
+Every operation of the protocol is a method; each sends one request and waits
+for its reply (``timeout`` seconds, default 10). A daemon that is not running
+gives :class:`DaemonNotRunning` at once, with the command that starts one; an
+``error`` reply raises :class:`DaemonRequestError` with the daemon's stable
+``code`` and reason. :meth:`Client.subscribe` follows the event stream: it
+replays the stored history, then yields live events, without gaps or repeats.
+
+A :class:`Client` is not thread-safe: give each thread its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from cistemd.errors import CistemError
+
+if TYPE_CHECKING:
+    import zmq
+
+    from cistemd import protocol
+    from cistemd.manager.home import CistemHome
+
+__all__ = [
+    "TERMINAL_STATES",
+    "Client",
+    "ClientError",
+    "DaemonNotRunning",
+    "DaemonRequestError",
+    "DaemonTimeout",
+    "Subscription",
+    "find_project",
+]
+
+TERMINAL_STATES: Final = frozenset({"completed", "failed", "cancelled"})
+"""Job states that never change again."""
+
+_DEFAULT_TIMEOUT_S: Final = 10.0
+
+
+class ClientError(CistemError):
+    """Base class of the client's errors."""
+
+    code = "client_error"
+
+
+class DaemonNotRunning(ClientError):
+    """No daemon runs for this ``$CISTEM_HOME`` (or it does not answer)."""
+
+    code = "daemon_not_running"
+
+
+class DaemonTimeout(ClientError):
+    """The daemon runs but did not answer in time."""
+
+    code = "daemon_timeout"
+
+
+class DaemonRequestError(ClientError):
+    """The daemon answered with an ``error``.
+
+    Parameters
+    ----------
+    code
+        The daemon's stable error code (``no_such_job``, ``invalid_input`` ...).
+    reason
+        Its reason, in words a user can act on.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason, code=code)
+        self.reason = reason
+
+
+def find_project(start: str | os.PathLike[str] | None = None) -> str | None:
+    """Return the project directory that holds ``start`` (default: the current directory).
+
+    A directory is a project when it holds ``<its name>.db``, or exactly one
+    ``*.db`` file next to an ``Assets`` directory. The search goes up from
+    ``start`` to the filesystem root.
+
+    Parameters
+    ----------
+    start
+        Where to start.
+
+    Returns
+    -------
+    str or None
+        The absolute project directory, or None when ``start`` is in no project.
+    """
+    from pathlib import Path
+
+    here = Path(os.path.abspath(os.fspath(start) if start is not None else os.getcwd()))
+    for directory in (here, *here.parents):
+        if (directory / f"{directory.name}.db").is_file():
+            return str(directory)
+        if (directory / "Assets").is_dir():
+            databases = [p for p in directory.glob("*.db") if p.is_file()]
+            if len(databases) == 1:
+                return str(directory)
+    return None
+
+
+def _not_running(home: CistemHome) -> DaemonNotRunning:
+    return DaemonNotRunning(
+        f"no cistemd running for CISTEM_HOME={home.root}; start it with `cistemd start`"
+    )
+
+
+class Client:
+    """A connection to the daemon of one ``$CISTEM_HOME``.
+
+    Parameters
+    ----------
+    home
+        The home (a :class:`~cistemd.manager.home.CistemHome` or a path);
+        default ``$CISTEM_HOME`` or ``~/.cistem``.
+    endpoint
+        Connect here instead of the home's ``client.ipc`` (e.g. ``tcp://host:port``).
+    timeout
+        Default seconds to wait for a reply.
+    server_public_key, public_key, secret_key
+        CURVE keys (Z85) for a ``tcp://`` endpoint of a secured daemon.
+
+    Raises
+    ------
+    DaemonNotRunning
+        No daemon runs for the home (ipc endpoints only; checked at once).
+    """
+
+    def __init__(
+        self,
+        home: CistemHome | str | os.PathLike[str] | None = None,
+        *,
+        endpoint: str | None = None,
+        timeout: float = _DEFAULT_TIMEOUT_S,
+        server_public_key: bytes | None = None,
+        public_key: bytes | None = None,
+        secret_key: bytes | None = None,
+    ) -> None:
+        import zmq
+
+        from cistemd import protocol
+        from cistemd.manager.home import CistemHome
+
+        if home is None:
+            self.home = CistemHome.from_env()
+        elif isinstance(home, CistemHome):
+            self.home = home
+        else:
+            self.home = CistemHome.at(home)
+        self.timeout = float(timeout)
+        self.endpoint = endpoint or self.home.client_endpoint
+        if endpoint is None and (
+            not self.home.client_socket.exists() or self.home.running_pid() is None
+        ):
+            raise _not_running(self.home)
+        self._protocol = protocol
+        self._zmq = zmq
+        self._curve = (server_public_key, public_key, secret_key)
+        self._context: zmq.Context[Any] | None = zmq.Context()
+        self._socket: zmq.Socket[Any] | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        zmq = self._zmq
+        assert self._context is not None
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self._protocol.DEFAULT_LIMITS.transport_max_bytes)
+        server, public, secret = self._curve
+        if server is not None:
+            sock.curve_serverkey = server
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+        sock.connect(self.endpoint)
+        self._socket = sock
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def request(
+        self,
+        msg_type: str,
+        content: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> protocol.Message:
+        """Send one request and return the daemon's reply.
+
+        Parameters
+        ----------
+        msg_type
+            A client-to-daemon message type.
+        content
+            Its fields.
+        timeout
+            Seconds to wait (default: the client's).
+
+        Returns
+        -------
+        protocol.Message
+            The reply (never an ``error``).
+
+        Raises
+        ------
+        DaemonRequestError
+            The daemon answered with an error.
+        DaemonTimeout, DaemonNotRunning
+            No answer in time (the second if no daemon process is left).
+        """
+        protocol, zmq = self._protocol, self._zmq
+        if self._socket is None:
+            raise ClientError("the client is closed")
+        message = protocol.new_message(msg_type, content, sender=f"client:{os.getpid()}")
+        self._socket.send(protocol.encode(message))
+        wait = self.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+                break
+            frames = self._socket.recv_multipart()
+            if len(frames) != 1:
+                continue
+            try:
+                reply = protocol.decode(frames[0], direction=protocol.Direction.DAEMON_TO_CLIENT)
+            except protocol.ProtocolError:
+                continue
+            if reply.parent_header is None or reply.parent_header.msg_id != message.msg_id:
+                continue  # a late answer to an earlier request that timed out
+            if reply.msg_type == "error":
+                raise DaemonRequestError(reply.content["code"], reply.content["reason"])
+            return reply
+        # A request left unanswered must not be answered into the next one: start afresh.
+        self._socket.close(linger=0)
+        self._connect()
+        if self.endpoint == self.home.client_endpoint and self.home.running_pid() is None:
+            raise _not_running(self.home)
+        raise DaemonTimeout(
+            f"cistemd ({self.endpoint}) did not answer a {msg_type} request within {wait:g} s"
+        )
+
+    def _content(self, msg_type: str, content: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return dict(self.request(msg_type, content).content)
+
+    # -- operations --------------------------------------------------------------------------------
+
+    def ping(self, *, timeout: float | None = None) -> float:
+        """Return the round-trip time of a ``ping``, in seconds."""
+        start = time.perf_counter()
+        self.request("ping", timeout=timeout)
+        return time.perf_counter() - start
+
+    def status(self) -> dict[str, Any]:
+        """Return the daemon's status (pid, version, uptime, projects, workers, jobs)."""
+        return self._content("status_request")
+
+    @staticmethod
+    def _path(path: str | os.PathLike[str]) -> str:
+        return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+    def create_project(self, path: str | os.PathLike[str], name: str = "") -> dict[str, Any]:
+        """Create a project (the daemon holds it open) and return its description.
+
+        Parameters
+        ----------
+        path
+            The project directory (made absolute).
+        name
+            Project name; default the directory's name.
+
+        Returns
+        -------
+        dict
+            ``{"path", "name", "counts"}``.
+        """
+        return self._content("project_create", {"path": self._path(path), "name": name})
+
+    def open_project(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Open a project in the daemon; return ``{"path", "name", "counts"}``."""
+        return self._content("project_open", {"path": self._path(path)})
+
+    def project_info(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Describe a project (opened if needed); return ``{"path", "name", "counts"}``."""
+        return self._content("project_info", {"path": self._path(path)})
+
+    def submit(
+        self,
+        project: str | os.PathLike[str],
+        action: str,
+        parameters: Mapping[str, Any] | None = None,
+        profile: str = "",
+    ) -> str:
+        """Submit a job; return its id once the daemon has stored it.
+
+        Parameters
+        ----------
+        project
+            The project directory.
+        action
+            The action (``selftest``, ...).
+        parameters
+            Its parameters (cisTEM's defaults fill the rest).
+        profile
+            Run profile name (``""`` = Default Local, ``"local:N"``, or a profile file's name).
+
+        Returns
+        -------
+        str
+            The job id.
+        """
+        reply = self._content(
+            "job_submit",
+            {
+                "project": self._path(project),
+                "action": action,
+                "parameters": dict(parameters or {}),
+                "profile": profile,
+            },
+        )
+        return str(reply["job_id"])
+
+    def cancel(self, job_id: str | int) -> dict[str, Any]:
+        """Cancel a job; return its record after the cancel."""
+        return dict(self._content("job_cancel", {"job_id": str(job_id)})["job"])
+
+    def job(self, job_id: str | int) -> dict[str, Any]:
+        """Return one job's record (``state``, ``progress``, ``tasks`` by state, ...)."""
+        return dict(self._content("job_show", {"job_id": str(job_id)})["job"])
+
+    def jobs_page(
+        self,
+        *,
+        project: str | os.PathLike[str] | None = None,
+        states: Iterable[str] = (),
+        limit: int = 200,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Return a page of jobs (newest first) and how many match in all.
+
+        Parameters
+        ----------
+        project
+            Only this project's jobs (default: every open project).
+        states
+            Only jobs in these states.
+        limit, offset
+            The page (``limit`` ≤ 1000).
+
+        Returns
+        -------
+        tuple
+            ``(jobs, total)``.
+        """
+        reply = self._content(
+            "jobs_list",
+            {
+                "project": "" if project is None else self._path(project),
+                "states": list(states),
+                "limit": int(limit),
+                "offset": int(offset),
+            },
+        )
+        return list(reply["jobs"]), int(reply["total"])
+
+    def jobs(
+        self, *, project: str | os.PathLike[str] | None = None, states: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Return every job (newest first), of one project or all open ones."""
+        wanted = list(states)
+        found: list[dict[str, Any]] = []
+        while True:
+            page, total = self.jobs_page(
+                project=project, states=wanted, limit=1000, offset=len(found)
+            )
+            found += page
+            if not page or len(found) >= total:
+                return found
+
+    def job_log(
+        self, job_id: str | int, *, since_event_id: int = 0, limit: int = 500
+    ) -> dict[str, Any]:
+        """Return one page of a job's stored events.
+
+        Returns
+        -------
+        dict
+            ``{"job_id", "events", "last_event_id", "more"}``.
+        """
+        return self._content(
+            "job_log",
+            {"job_id": str(job_id), "since_event_id": int(since_event_id), "limit": int(limit)},
+        )
+
+    def job_events(self, job_id: str | int, *, since_event_id: int = 0) -> list[dict[str, Any]]:
+        """Return every stored event of a job after ``since_event_id``, oldest first."""
+        events: list[dict[str, Any]] = []
+        cursor = since_event_id
+        while True:
+            page = self.job_log(job_id, since_event_id=cursor, limit=2000)
+            events += page["events"]
+            cursor = int(page["last_event_id"])
+            if not page["more"]:
+                return events
+
+    def wait_for_job(
+        self,
+        job_id: str | int,
+        *,
+        states: Iterable[str] = TERMINAL_STATES,
+        timeout: float = 60.0,
+        interval: float = 0.1,
+    ) -> dict[str, Any]:
+        """Poll a job until it is in one of ``states``; return its record.
+
+        Raises
+        ------
+        DaemonTimeout
+            The job did not get there within ``timeout`` seconds.
+        """
+        wanted = set(states)
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.job(job_id)
+            if record["state"] in wanted:
+                return record
+            if time.monotonic() >= deadline:
+                raise DaemonTimeout(
+                    f"job {job_id} is still {record['state']} after {timeout:g} s "
+                    f"(tasks {record.get('tasks')})"
+                )
+            time.sleep(interval)
+
+    def events(self, since_event_id: int = 0, *, job_id: str | int = "") -> list[dict[str, Any]]:
+        """Return the stored events after ``since_event_id`` (all jobs, or one), oldest first.
+
+        Parameters
+        ----------
+        since_event_id
+            Return events with a larger id (0: the whole history).
+        job_id
+            Only this job's events.
+
+        Returns
+        -------
+        list of dict
+            EVENT records; follow new ones with :meth:`subscribe`.
+        """
+        events: list[dict[str, Any]] = []
+        cursor = int(since_event_id)
+        while True:
+            reply = self._content("subscribe", {"since_event_id": cursor, "job_id": str(job_id)})
+            events += reply["events"]
+            if not reply["more"] or not reply["events"]:
+                return events
+            cursor = int(reply["last_event_id"])
+
+    def subscribe(self, *, since_event_id: int = 0, job_id: str | int = "") -> Subscription:
+        """Follow the events: stored history after ``since_event_id``, then live ones.
+
+        Parameters
+        ----------
+        since_event_id
+            Replay the events after this id (0: the whole history).
+        job_id
+            Only this job's events (default: all).
+
+        Returns
+        -------
+        Subscription
+            Iterate it, or call :meth:`Subscription.get`; close it when done.
+        """
+        return Subscription(self, since_event_id=since_event_id, job_id=str(job_id))
+
+
+class Subscription:
+    """The event stream of a daemon: replay, then live, in order, without repeats.
+
+    Made by :meth:`Client.subscribe`.
+    """
+
+    def __init__(self, client: Client, *, since_event_id: int, job_id: str) -> None:
+        zmq_module = client._zmq
+        self._client = client
+        self._job_id = job_id
+        assert client._context is not None
+        # Connect the SUB socket before asking for the replay: nothing falls between.
+        first = client.request("subscribe", {"since_event_id": since_event_id, "job_id": job_id})
+        self._sub: zmq.Socket[Any] | None = client._context.socket(zmq_module.SUB)
+        self._sub.setsockopt(zmq_module.LINGER, 0)
+        self._sub.setsockopt(zmq_module.SUBSCRIBE, b"")
+        self._sub.connect(first.content["pub_endpoint"])
+        time.sleep(0.05)  # let the subscription reach the publisher
+        reply = client.request("subscribe", {"since_event_id": since_event_id, "job_id": job_id})
+        self._backlog: list[dict[str, Any]] = list(reply.content["events"])
+        self._more = bool(reply.content["more"])
+        self.last_event_id = int(since_event_id)
+        self._cursor = int(reply.content["last_event_id"])
+
+    def _fill(self) -> None:
+        while self._more and not self._backlog:
+            reply = self._client.request(
+                "subscribe", {"since_event_id": self._cursor, "job_id": self._job_id}
+            )
+            self._backlog = list(reply.content["events"])
+            self._more = bool(reply.content["more"])
+            self._cursor = int(reply.content["last_event_id"])
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Return the next event, or ``None`` if none comes within ``timeout`` seconds.
+
+        Parameters
+        ----------
+        timeout
+            Seconds to wait for a live event (None: forever).
+
+        Returns
+        -------
+        dict or None
+            An EVENT record: ``{event_id, job_id, kind, payload, time}``.
+        """
+        protocol, zmq = self._client._protocol, self._client._zmq
+        self._fill()
+        if self._backlog:
+            event = self._backlog.pop(0)
+            self.last_event_id = max(self.last_event_id, int(event["event_id"]))
+            return event
+        if self._sub is None:
+            raise ClientError("the subscription is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            wait_ms = -1 if remaining is None else int(remaining * 1000)
+            if not self._sub.poll(wait_ms, zmq.POLLIN):
+                return None
+            frame = self._sub.recv()
+            try:
+                message = protocol.decode(frame, direction=protocol.Direction.EVENT)
+            except protocol.ProtocolError:
+                continue
+            event = dict(message.content)
+            if int(event["event_id"]) <= self.last_event_id:
+                continue
+            if self._job_id and event["job_id"] != self._job_id:
+                continue
+            self.last_event_id = int(event["event_id"])
+            return event
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            event = self.get()
+            if event is not None:
+                yield event
+
+    def close(self) -> None:
+        """Stop following (the client stays open)."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                self._sub.close(linger=0)
+            self._sub = None
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
