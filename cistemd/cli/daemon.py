@@ -378,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.action](args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `cistemd status | head`: the reader left; exit quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

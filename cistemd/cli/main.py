@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -23,8 +24,9 @@ __all__ = ["build_parser", "main"]
 COMMAND_MODULES: tuple[str, ...] = ("demo", "simulate", "info", "project", "run", "jobs", "job")
 
 _COMING = """\
+jobs run in the cistemd daemon (`cistemd start`); they go on when you log out.
+
 coming in later releases (see the issues):
-  run ACTION, jobs, job show|log|cancel, results   submit and follow jobs through cistemd
   unblur, ctffind, find-particles, refine2d, refine3d, reconstruct3d, sharpen-map
                                                     each program standalone, like cisTEM's binaries
 """
@@ -84,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cistem {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `cistem … | head`: the reader left; exit quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
