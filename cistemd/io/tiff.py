@@ -296,12 +296,47 @@ def _check_total_size(path: PathLike, pages: list[Any], size: int) -> None:
         )
 
 
+def _lzw_decode(data: bytes, out: int | None = None) -> np.ndarray:
+    """tifffile-compatible LZW decompressor backed by our bounds-checked decoder.
+
+    ``out`` is the decoded size tifffile expects for the strip or tile.
+    """
+    from cistemd.io._lzw import LZW_CORRUPT, lzw_decode_into
+
+    src = np.frombuffer(data, dtype=np.uint8)
+    if out is None:  # tifffile always passes the size; keep a sane bound anyway
+        out = max(1024, 64 * src.size)
+    dst = np.empty(int(out), dtype=np.uint8)
+    written = lzw_decode_into(src, dst)
+    if written == LZW_CORRUPT:
+        raise ValueError("corrupt LZW data (a code that is not in the table)")
+    if written < dst.size:
+        raise ValueError(f"LZW strip decodes to {written} bytes, expected {dst.size}")
+    return dst
+
+
+def _use_safe_lzw_decoder() -> None:
+    """Make tifffile decode LZW with :func:`_lzw_decode` instead of imagecodecs'.
+
+    imagecodecs' LZW decoder crashed the interpreter on damaged strips in our
+    fuzz test; ours is bounds-checked and as fast. tifffile looks decoders up in
+    ``TIFF.DECOMPRESSORS`` (a lazy table); we pre-fill its LZW entry, once per
+    process, before any TIFF is read. Writing still uses imagecodecs' encoder.
+    """
+    import tifffile
+
+    codecs: dict[int, Any] = getattr(tifffile.TIFF.DECOMPRESSORS, "_codecs")  # noqa: B009
+    if codecs.get(5) is not _lzw_decode:
+        codecs[5] = _lzw_decode
+
+
 class _OpenTiff:
     """An open, fully checked TIFF file (see :func:`open_tiff`)."""
 
     def __init__(self, path: PathLike) -> None:
         import tifffile
 
+        _use_safe_lzw_decoder()
         size = _check_magic(path)
         self.path = path
         with _captured_tifffile_log() as records, invalid_input_on_error(
