@@ -2,15 +2,22 @@
 
 Starts a real ``cistemd serve`` in a temporary ``CISTEM_HOME`` and measures
 
+0. **reference**: the ceiling of this machine, measured in the same run: a
+   bare ZeroMQ ROUTER process echoing msgpack maps to two DEALER processes
+   that keep ``--prefetch`` messages in flight each (no validation, no
+   state, no database): round trips per second. Rates below are also given
+   as a fraction of it, so figures from a noisy machine stay comparable;
 1. **throughput with real workers**: a ``selftest`` job of ``--tasks`` tasks
    that do nothing (``sleep 0``; each still writes its small trace file) on
-   two local workers (``--profile local:2``): tasks per second from the first
-   to the last recorded result (the results' own timestamps in the DB);
+   two local workers (``--profile local:2``, which prefetch): tasks per
+   second from the first to the last recorded result (the results' own
+   timestamps in the DB);
 2. **broker throughput and dispatch latency**: the same job served by two
-   in-process protocol workers that do no work at all (the launched
-   processes of the job's profile just sleep): tasks per second, and the
-   time from a worker's ``task_request`` to its ``task_assign`` (which
-   includes the daemon's commit of the previous result), p50 / p99;
+   protocol workers (separate processes) that do no work at all and
+   prefetch like real ones (the launched processes of the job's profile
+   just sleep): tasks per second, and the dispatch latency -- the time from
+   a worker's ``task_request`` or ``task_result`` to the ``task_assign`` it
+   brings (which includes the daemon's commit of the result), p50 / p99;
 3. **client replies under load**: while a ``--big``-task job runs on two real
    workers, a client sends ``ping``, ``job_show`` and ``status_request`` in a
    loop: reply time p50 / p99 / max of each.
@@ -94,7 +101,79 @@ def recorded_rate(project: Path, job_id: str) -> tuple[int, float]:
     return int(count), (count - 1) / span
 
 
-def real_workers(client: Client, project: Path, tasks: int) -> None:
+PREFETCH = 64  # what `python -m cistemd.worker` declares by default
+
+
+def echo_server(endpoint: str, messages: int) -> None:
+    """The reference's ROUTER: echo ``messages`` msgpack maps back, decoded and re-packed."""
+    import msgpack
+
+    context = zmq.Context()
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    try:
+        for _ in range(messages):
+            identity, frame = sock.recv_multipart()
+            sock.send_multipart([identity, msgpack.packb(msgpack.unpackb(frame))])
+    finally:
+        sock.close()
+        context.term()
+
+
+def echo_client(endpoint: str, messages: int, window: int) -> None:
+    """The reference's DEALER: keep ``window`` maps in flight until ``messages`` came back."""
+    import msgpack
+
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    body = protocol.new_message(
+        "task_result", {"task_id": "0", "attempt": 1, "result": {}}
+    ).to_dict()
+    sent = received = 0
+    try:
+        while sent < min(window, messages):
+            sock.send(msgpack.packb(body))
+            sent += 1
+        while received < messages:
+            msgpack.unpackb(sock.recv())
+            received += 1
+            if sent < messages:
+                sock.send(msgpack.packb(body))
+                sent += 1
+    finally:
+        sock.close()
+        context.term()
+
+
+def reference_rate(root: Path, messages: int) -> float:
+    """Round trips per second of a bare msgpack echo with two windowed clients."""
+    endpoint = f"ipc://{root / 'echo.sock'}"
+    spawn = multiprocessing.get_context("spawn")
+    server = spawn.Process(target=echo_server, args=(endpoint, 2 * messages))
+    server.start()
+    clients = [
+        spawn.Process(target=echo_client, args=(endpoint, messages, PREFETCH)) for _ in range(2)
+    ]
+    time.sleep(0.3)  # let the server bind (the clients would wait anyway)
+    started = time.perf_counter()
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    wall = time.perf_counter() - started
+    server.join()
+    rate = 2 * messages / wall
+    print(
+        f"[0] reference (bare ROUTER echo of msgpack maps, 2 DEALERs × {PREFETCH} in flight): "
+        f"{rate:,.0f} round trips/s"
+    )
+    return rate
+
+
+def real_workers(client: Client, project: Path, tasks: int, reference: float) -> None:
     started = time.monotonic()
     job_id = client.submit(project, "selftest", {"tasks": tasks, "sleep": 0}, profile="local:2")
     record = client.wait_for_job(job_id, timeout=3600, interval=0.5)
@@ -102,7 +181,8 @@ def real_workers(client: Client, project: Path, tasks: int) -> None:
     count, rate = recorded_rate(project, job_id)
     print(
         f"[1] real workers (2 × selftest, sleep 0): {count} tasks {record['state']}, "
-        f"{rate:,.0f} tasks/s between first and last result ({wall:.1f} s from submit to end)"
+        f"{rate:,.0f} tasks/s between first and last result = {rate / reference:.2f} × "
+        f"reference ({wall:.1f} s from submit to end)"
     )
 
 
@@ -110,9 +190,14 @@ def protocol_worker(endpoint: str, job_id: str, worker_id: str) -> list[float]:
     """A worker process that speaks the protocol and does nothing: pure broker load.
 
     It is a load generator, not a protocol implementation under test: it
-    decodes assignments with plain msgpack and re-sends one prepared
-    ``task_request`` frame. Returns the request-to-assignment latencies.
+    decodes assignments with plain msgpack and answers each with a prepared
+    ``task_result``. Like a real worker it declares :data:`PREFETCH`, asks
+    once and is then topped up by the daemon. Returns the dispatch latencies:
+    from each ``task_request`` or ``task_result`` sent to the next
+    ``task_assign`` received, in order.
     """
+    from collections import deque
+
     import msgpack
 
     context = zmq.Context()
@@ -127,6 +212,7 @@ def protocol_worker(endpoint: str, job_id: str, worker_id: str) -> list[float]:
         "pid": os.getpid(),
         "protocol_version": protocol.PROTOCOL_VERSION,
         "threads": 1,
+        "prefetch": PREFETCH,
     }
     sock.send(protocol.encode(protocol.new_message("worker_hello", hello)))
     request = protocol.encode(protocol.new_message("task_request"))
@@ -134,7 +220,7 @@ def protocol_worker(endpoint: str, job_id: str, worker_id: str) -> list[float]:
         "task_result", {"task_id": "0", "attempt": 1, "result": {}}
     ).to_dict()
     latencies: list[float] = []
-    asked = time.perf_counter()
+    asked: deque[float] = deque([time.perf_counter()])
     sock.send(request)
     try:
         while sock.poll(30_000):
@@ -144,7 +230,9 @@ def protocol_worker(endpoint: str, job_id: str, worker_id: str) -> list[float]:
                 break
             if kind != "task_assign":
                 continue
-            latencies.append(time.perf_counter() - asked)
+            now = time.perf_counter()
+            if asked:
+                latencies.append(now - asked.popleft())
             content = message["content"]
             template["header"]["msg_id"] = os.urandom(12).hex()
             template["content"] = {
@@ -153,15 +241,16 @@ def protocol_worker(endpoint: str, job_id: str, worker_id: str) -> list[float]:
                 "result": {},
             }
             sock.send(msgpack.packb(template))
-            asked = time.perf_counter()
-            sock.send(request)
+            asked.append(time.perf_counter())
     finally:
         sock.close()
         context.term()
     return latencies
 
 
-def protocol_workers(client: Client, home: CistemHome, project: Path, tasks: int) -> None:
+def protocol_workers(
+    client: Client, home: CistemHome, project: Path, tasks: int, reference: float
+) -> None:
     profiles = home.root / "profiles"
     profiles.mkdir(exist_ok=True)
     (profiles / "idle.json").write_text(
@@ -187,7 +276,8 @@ def protocol_workers(client: Client, home: CistemHome, project: Path, tasks: int
     count, rate = recorded_rate(project, job_id)
     print(
         f"[2] broker only (2 protocol workers, no work): {count} tasks {record['state']}, "
-        f"{rate:,.0f} tasks/s ({len(latencies) / wall:,.0f}/s wall); dispatch "
+        f"{rate:,.0f} tasks/s = {rate / reference:.2f} × reference "
+        f"({len(latencies) / wall:,.0f}/s wall); dispatch "
         f"latency p50 {1000 * percentile(latencies, 0.5):.2f} ms, "
         f"p99 {1000 * percentile(latencies, 0.99):.2f} ms"
     )
@@ -234,14 +324,15 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cistemd-bench-", dir=args.dir))
     home = CistemHome.at(root / "home")
+    print(f"cistemd {sys.version.split()[0]}, {os.cpu_count()} CPUs, home {root / 'home'}")
+    reference = reference_rate(root, max(args.tasks, 20_000))
     proc = start_daemon(home, root / "daemon.log")
-    print(f"cistemd {sys.version.split()[0]}, {os.cpu_count()} CPUs, home {home.root}")
     try:
         with Client(home, timeout=120) as client:
             project = root / "bench"
             client.create_project(project)
-            real_workers(client, project, args.tasks)
-            protocol_workers(client, home, project, args.tasks)
+            real_workers(client, project, args.tasks, reference)
+            protocol_workers(client, home, project, args.tasks, reference)
             if not args.skip_big:
                 replies_under_load(client, project, args.big)
         print(f"    daemon RSS at the end: {rss_mib(proc.pid):.0f} MiB")

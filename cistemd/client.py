@@ -51,6 +51,7 @@ TERMINAL_STATES: Final = frozenset({"completed", "failed", "cancelled"})
 """Job states that never change again."""
 
 _DEFAULT_TIMEOUT_S: Final = 10.0
+_IMPORT_BATCH: Final = 500  # paths per assets_import request (the protocol's limit)
 
 
 class ClientError(CistemError):
@@ -463,6 +464,244 @@ class Client:
                     f"(tasks {record.get('tasks')})"
                 )
             time.sleep(interval)
+
+    def job_tasks_page(
+        self,
+        job_id: str | int,
+        *,
+        states: Iterable[str] = (),
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Return a page of a job's tasks (stage and position order) and how many match.
+
+        Each task is ``{task_id, key, stage, label, state, attempt, failures,
+        worker_id, host, reason, evidence}``; a page may be shorter than
+        ``limit`` (the daemon keeps replies under the frame size).
+        """
+        reply = self._content(
+            "job_tasks",
+            {
+                "job_id": str(job_id),
+                "states": list(states),
+                "limit": int(limit),
+                "offset": int(offset),
+            },
+        )
+        return list(reply["tasks"]), int(reply["total"])
+
+    def job_tasks(
+        self, job_id: str | int, *, states: Iterable[str] = (), limit: int | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Return up to ``limit`` tasks of a job (None: all) and how many match in all."""
+        wanted = list(states)
+        found: list[dict[str, Any]] = []
+        total = 0
+        while limit is None or len(found) < limit:
+            step = 1000 if limit is None else min(1000, limit - len(found))
+            page, total = self.job_tasks_page(job_id, states=wanted, limit=step, offset=len(found))
+            found += page
+            if not page or len(found) >= total:
+                break
+        return found, total
+
+    def job_results(
+        self, job_id: str | int, *, limit: int | None = None, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Return up to ``limit`` recorded results of a job (None: all) and the total.
+
+        Each result is ``{task_id, key, attempt, worker_id, result, output_files,
+        elapsed_s, recorded_at}``.
+        """
+        found: list[dict[str, Any]] = []
+        total = 0
+        while limit is None or len(found) < limit:
+            step = 1000 if limit is None else min(1000, limit - len(found))
+            reply = self._content(
+                "job_results",
+                {"job_id": str(job_id), "limit": step, "offset": int(offset) + len(found)},
+            )
+            total = int(reply["total"])
+            found += reply["results"]
+            if not reply["results"] or offset + len(found) >= total:
+                break
+        return found, total
+
+    # -- assets and groups -------------------------------------------------------------------------
+
+    def import_assets(
+        self,
+        project: str | os.PathLike[str],
+        kind: str,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        batch: int = 500,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Import files into a project through the daemon.
+
+        Parameters
+        ----------
+        project
+            The project directory.
+        kind
+            ``movies``, ``images``, ``positions`` (one text file), ``volumes`` or
+            ``refinement_package`` (``[stack, parameters]``).
+        paths
+            The files (made absolute here).
+        batch
+            Paths per request (≤ 500). Each request is one transaction in the
+            daemon: a bad file refuses its whole batch, and batches already
+            imported stay.
+        **options
+            The import dialog's fields, named as in the Project API
+            (``voltage_kv``, ``spherical_aberration_mm``, ``pixel_size_angstroms``,
+            ``exposure_per_frame``, ``gain_filename``, ...); None values are left out.
+
+        Returns
+        -------
+        dict
+            ``{"kind", "ids", "count", "warnings"}`` over all batches.
+        """
+        files = [self._path(path) for path in paths]
+        values = {
+            name: (self._path(value) if name.endswith("_filename") else value)
+            for name, value in options.items()
+            if value is not None
+        }
+        size = max(1, min(int(batch), _IMPORT_BATCH))
+        if kind in ("positions", "refinement_package"):
+            size = max(size, len(files))
+        total: dict[str, Any] = {"kind": kind, "ids": [], "count": 0, "warnings": []}
+        for start in range(0, len(files), size):
+            reply = self.request(
+                "assets_import",
+                {
+                    "project": self._path(project),
+                    "kind": kind,
+                    "paths": files[start : start + size],
+                    "options": values,
+                },
+                timeout=max(self.timeout, 120.0),
+            ).content
+            total["ids"] += reply["ids"]
+            total["count"] += int(reply["count"])
+            total["warnings"] += reply["warnings"]
+        return total
+
+    def assets_page(
+        self,
+        project: str | os.PathLike[str],
+        kind: str,
+        *,
+        group_id: int = 0,
+        limit: int = 200,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Return a page of asset rows of one kind (lower-case column names) and the total.
+
+        ``kind`` is ``movies``, ``images``, ``positions``, ``volumes``,
+        ``packages``, ``refinements`` or ``ctf_estimates``; ``group_id`` > 0
+        lists one group's members.
+        """
+        reply = self._content(
+            "assets_list",
+            {
+                "project": self._path(project),
+                "kind": kind,
+                "group_id": int(group_id),
+                "limit": int(limit),
+                "offset": int(offset),
+            },
+        )
+        return list(reply["assets"]), int(reply["total"])
+
+    def assets(
+        self,
+        project: str | os.PathLike[str],
+        kind: str,
+        *,
+        group_id: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Return up to ``limit`` asset rows (None: all) and how many there are in all."""
+        found: list[dict[str, Any]] = []
+        total = 0
+        while limit is None or len(found) < limit:
+            step = 1000 if limit is None else min(1000, limit - len(found))
+            page, total = self.assets_page(
+                project, kind, group_id=group_id, limit=step, offset=len(found)
+            )
+            found += page
+            if not page or len(found) >= total:
+                break
+        return found, total
+
+    def groups(self, project: str | os.PathLike[str], kind: str) -> list[dict[str, Any]]:
+        """Return the groups of one kind, group 0 ("All ...") first.
+
+        ``kind`` is ``movie``, ``image``, ``particle_position``, ``volume`` or
+        ``atomic_coordinates``; each group is ``{group_id, name, count, implicit}``.
+        """
+        reply = self._content("groups_list", {"project": self._path(project), "kind": kind})
+        return list(reply["groups"])
+
+    def group_members(self, project: str | os.PathLike[str], kind: str, group_id: int) -> list[int]:
+        """Return the asset ids in a group, in member order (group 0: every asset)."""
+        members: list[int] = []
+        while True:
+            reply = self._content(
+                "groups_list",
+                {
+                    "project": self._path(project),
+                    "kind": kind,
+                    "group_id": int(group_id),
+                    "offset": len(members),
+                },
+            )
+            members += reply["members"]
+            if not reply["members"] or len(members) >= int(reply["members_total"]):
+                return members
+
+    def edit_group(
+        self,
+        project: str | os.PathLike[str],
+        kind: str,
+        operation: str,
+        *,
+        group_id: int = 0,
+        name: str = "",
+        asset_ids: Iterable[int] = (),
+    ) -> dict[str, Any]:
+        """Change groups and return ``{kind, groups, group_id, changed}``.
+
+        ``operation`` is ``create``, ``rename``, ``delete``, ``add``, ``remove`` or
+        ``from_movie_group`` (an image group of the images aligned from a movie
+        group). ``add`` and ``remove`` send at most 10,000 ids per request.
+        """
+        ids = [int(i) for i in asset_ids]
+        content: dict[str, Any] = {
+            "project": self._path(project),
+            "kind": kind,
+            "operation": operation,
+            "group_id": int(group_id),
+            "name": name,
+        }
+        if operation not in ("add", "remove"):
+            return self._content("groups_edit", content)
+        reply: dict[str, Any] = {}
+        changed = 0
+        for start in range(0, max(1, len(ids)), 10_000):
+            reply = self._content(
+                "groups_edit", {**content, "asset_ids": ids[start : start + 10_000]}
+            )
+            changed += int(reply["changed"])
+        reply["changed"] = changed
+        return reply
+
+    def create_group(self, project: str | os.PathLike[str], kind: str, name: str) -> int:
+        """Create an empty group; return its id."""
+        return int(self.edit_group(project, kind, "create", name=name)["group_id"])
 
     def events(self, since_event_id: int = 0, *, job_id: str | int = "") -> list[dict[str, Any]]:
         """Return the stored events after ``since_event_id`` (all jobs, or one), oldest first.

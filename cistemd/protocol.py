@@ -74,13 +74,47 @@ Client and daemon:
   int ≥ 0, more: bool}`` -- the replay of stored events after ``since_event_id``
   (ask again while ``more``); connect a SUB socket to ``pub_endpoint`` and drop
   published events whose ``event_id`` ≤ the last one seen.
+* ``assets_import`` (C>D) ``{project: path, kind: "movies" | "images" | "positions"
+  | "volumes" | "refinement_package", paths: [path] 1..500, options?: {name: value}
+  [{}]}`` -> ``assets_imported`` (D>C) ``{kind, ids: [int] ≤ 500, count: int ≥ 0,
+  warnings: [str] ≤ 100}`` -- one transaction per request: all of ``paths`` or
+  none. ``positions`` takes one text file; ``refinement_package`` takes
+  ``[stack, parameters]``. ``options`` are the import dialog's fields
+  (``voltage_kv``, ``pixel_size_angstroms``, ...; the daemon names an unknown one).
+  Bigger imports are split into several requests by the client, so the
+  daemon is never busy with one for long.
+* ``assets_list`` (C>D) ``{project, kind: "movies" | "images" | "positions" |
+  "volumes" | "packages" | "refinements" | "ctf_estimates", group_id?: int ≥ 0 [0],
+  limit?: int 1..1000 [200], offset?: int ≥ 0 [0]}`` -> ``assets_reply`` (D>C)
+  ``{kind, assets: [{str: value}] ≤ 1000, total: int ≥ 0}`` -- rows with cisTEM's
+  column names in lower case; a page may hold fewer rows than ``limit`` to stay
+  under the frame size (ask again from ``offset + len(assets)``).
+* ``groups_list`` (C>D) ``{project, kind: group kind, group_id?: int ≥ -1 [-1],
+  offset?: int ≥ 0 [0], limit?: int 1..10000 [10000]}`` and ``groups_edit`` (C>D)
+  ``{project, kind, operation: "create" | "rename" | "delete" | "add" | "remove" |
+  "from_movie_group", group_id?: int ≥ 0 [0], name?: str [""], asset_ids?: [int ≥ 1]
+  ≤ 10000 [[]]}`` -> ``groups_reply`` (D>C) ``{kind, groups: [GROUP] ≤ 10000,
+  group_id?: int ≥ -1 [-1], changed?: int ≥ 0 [0], members?: [int] ≤ 10000 [[]],
+  members_total?: int ≥ 0 [0]}``. Group kinds: ``movie``, ``image``,
+  ``particle_position``, ``volume``, ``atomic_coordinates``; group 0 is "All ...".
+  ``groups_list`` with ``group_id`` ≥ 0 also returns a page of its members.
+* ``job_tasks`` (C>D) ``{job_id, states?: [name] [[]], limit?: int 1..1000 [100],
+  offset?: int ≥ 0 [0]}`` -> ``job_tasks_reply`` (D>C) ``{job_id, tasks: [TASK] ≤
+  1000, total: int ≥ 0}`` -- tasks in stage and position order (a page may be
+  shorter than ``limit`` to stay under the frame size).
+* ``job_results`` (C>D) ``{job_id, limit?: int 1..1000 [100], offset?: int ≥ 0 [0]}``
+  -> ``job_results_reply`` (D>C) ``{job_id, results: [RESULT] ≤ 1000, total: int ≥ 0}``
+  -- the results the job recorded, one per completed task.
 
 Worker and daemon:
 
 * ``worker_hello`` (W>D) ``{worker_id: id, job_id: id-or-"", host: str, pid: int ≥ 1,
-  protocol_version: int, threads: int ≥ 1}`` -> ``worker_welcome`` (D>W)
-  ``{heartbeat_interval_s: float > 0, liveness: int ≥ 1}`` (beats missed before
-  the peer is declared dead).
+  protocol_version: int, threads: int ≥ 1, prefetch?: int 1..64 [1]}`` ->
+  ``worker_welcome`` (D>W) ``{heartbeat_interval_s: float > 0, liveness: int ≥ 1}``
+  (beats missed before the peer is declared dead). A worker with ``prefetch`` K > 1
+  may be sent up to K ``task_assign`` ahead, runs them in order, and sends
+  ``task_request`` only after (re)connecting: the daemon tops it up as its
+  outcomes arrive.
 * ``heartbeat`` (W>D, D>W) ``{task_id?: id-or-"" [""], attempt?: int ≥ 0 [0]}``.
 * ``task_request`` (W>D) ``{}`` -> ``task_assign`` (D>W) ``{task_id: id, attempt:
   int ≥ 1, action: name, parameters: {str: value}, lease_s: float > 0}``.
@@ -104,6 +138,13 @@ Records:
 * ``JOB`` = ``{job_id, project: path, action: name, profile: str, state: name,
   submitted: date, progress: float 0..1, tasks?: {state: int} [{}], parameters?:
   {str: value} [{}], message?: str [""]}``.
+* ``GROUP`` = ``{group_id: int ≥ 0, name: str, count: int ≥ 0, implicit: bool}``.
+* ``TASK`` = ``{task_id: id, key: str, stage: int ≥ 0, label: str, state: name,
+  attempt: int ≥ 0, failures: int ≥ 0, worker_id: str, host: str, reason: str,
+  evidence: [value]}`` -- ``evidence`` holds what each lost attempt left (exit
+  code, signal, the tail of stderr), clipped.
+* ``RESULT`` = ``{task_id: id, key: str, attempt: int ≥ 1, worker_id: str, result:
+  {str: value}, output_files: [path], elapsed_s: float ≥ 0, recorded_at: date-or-str}``.
 
 Adding a message type is one ``_define(...)`` call at the bottom of this module
 (with an example, which the tests round-trip); list it above too.
@@ -121,7 +162,7 @@ import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -576,10 +617,21 @@ class Dict(Type):
         if len(value) > self.max_len:
             raise _Invalid(path, f"expected {self.describe()}, got {len(value)} entries")
         out: dict[str, Any] = {}
+        key_type, value_type = self.key, self.value
+        if type(value_type) is Value and key_type.pattern is None and key_type.choices is None:
+            # The common map of JSON-like values: paths are built only for an error
+            # (Value takes a lazy ``(parent, key)`` path).
+            low, high = key_type.min_len, key_type.max_len
+            check = value_type.check
+            for key, item in value.items():
+                if not isinstance(key, str) or not low <= len(key) <= high:
+                    key_type.check(key, _key_path(path, key) + " (key)")  # raises
+                out[key] = check(item, (path, key))  # type: ignore[arg-type]
+            return out
         for key, item in value.items():
             where = _key_path(path, key)
-            self.key.check(key, where + " (key)")
-            out[key] = self.value.check(item, where)
+            key_type.check(key, where + " (key)")
+            out[key] = value_type.check(item, where)
         return out
 
 
@@ -616,7 +668,7 @@ class Value(Type):
             item, depth, where = stack.pop()
             seen += 1
             if seen > self.max_items:
-                raise _Invalid(path, f"more than {self.max_items} items in one value")
+                raise _Invalid(_where(path), f"more than {self.max_items} items in one value")
             if item is None or isinstance(item, bool | str):
                 continue
             if isinstance(item, int):
@@ -648,6 +700,15 @@ class Value(Type):
                 f"got {_got(item)}",
             )
         return value
+
+
+def _default_maker(default: Any) -> Callable[[], Any]:
+    """Return a maker of fresh copies of ``default`` (immutable ones are shared)."""
+    if default is None or isinstance(default, bool | int | float | str | bytes):
+        return lambda: default
+    if isinstance(default, list | dict) and not default:
+        return type(default)
+    return lambda: copy.deepcopy(default)
 
 
 def _where(where: object) -> str:
@@ -700,7 +761,7 @@ class Schema(Type):
         If a field name is not snake_case or a default does not validate.
     """
 
-    __slots__ = ("_extra_value", "extra", "fields", "name")
+    __slots__ = ("_extra_value", "_paths", "_plan", "extra", "fields", "name")
 
     def __init__(
         self,
@@ -722,6 +783,17 @@ class Schema(Type):
         self.extra = extra
         self.name = name
         self._extra_value = Value(max_depth=extra_depth)
+        # Compiled once: (name, check, default maker or None if required) per field.
+        self._plan: tuple[tuple[str, Callable[[object, str], Any], Callable[[], Any] | None], ...]
+        self._plan = tuple(
+            (
+                field_name,
+                (spec.type if isinstance(spec, Opt) else spec).check,
+                _default_maker(spec.default) if isinstance(spec, Opt) else None,
+            )
+            for field_name, spec in self.fields.items()
+        )
+        self._paths: dict[str, tuple[str, ...]] = {}  # path -> the fields' paths under it
 
     def __repr__(self) -> str:
         return f"Schema({dict(self.fields)!r}, extra={self.extra!r})"
@@ -743,25 +815,38 @@ class Schema(Type):
         if not isinstance(value, dict):
             raise _Invalid(path, f"expected {self.describe()}, got {_got(value)}")
         out: dict[str, Any] = {}
+        fields = self.fields
+        known = 0
         for key, item in value.items():
-            if key not in self.fields:
-                if self.extra == "forbid":
-                    known = ", ".join(self.fields) or "none"
-                    raise _Invalid(
-                        _key_path(path, key), f"unknown field (the known fields are: {known})"
-                    )
-                if not isinstance(key, str):
-                    raise _Invalid(_key_path(path, key), f"map keys must be str, got {_got(key)}")
-                out[key] = self._extra_value.check(item, _key_path(path, key))
-        for field_name, spec in self.fields.items():
-            where = f"{path}.{field_name}"
+            if key in fields:
+                known += 1
+                continue
+            if self.extra == "forbid":
+                names = ", ".join(fields) or "none"
+                raise _Invalid(
+                    _key_path(path, key), f"unknown field (the known fields are: {names})"
+                )
+            if not isinstance(key, str):
+                raise _Invalid(_key_path(path, key), f"map keys must be str, got {_got(key)}")
+            out[key] = self._extra_value.check(item, _key_path(path, key))
+        paths = self._paths.get(path)
+        if paths is None:
+            paths = tuple(f"{path}.{field_name}" for field_name in fields)
+            if len(self._paths) < 256:  # paths are few; list indexes make more
+                self._paths[path] = paths
+        if known == len(self._plan):  # every field present: the common case
+            for (field_name, check, _), where in zip(self._plan, paths, strict=True):
+                out[field_name] = check(value[field_name], where)
+            return out
+        for (field_name, check, make_default), where in zip(self._plan, paths, strict=True):
             if field_name in value:
-                field_type = spec.type if isinstance(spec, Opt) else spec
-                out[field_name] = field_type.check(value[field_name], where)
-            elif isinstance(spec, Opt):
-                out[field_name] = copy.deepcopy(spec.default)
+                out[field_name] = check(value[field_name], where)
+            elif make_default is not None:
+                out[field_name] = make_default()
             else:
-                raise _Invalid(where, f"required field is missing (expected {spec.describe()})")
+                spec = fields[field_name]
+                expected = (spec.type if isinstance(spec, Opt) else spec).describe()
+                raise _Invalid(where, f"required field is missing (expected {expected})")
         return out
 
 
@@ -1385,8 +1470,30 @@ def encode(message: Message, *, limits: Limits = DEFAULT_LIMITS) -> bytes:
             f"content cannot be packed: {_clip(str(exc), 200)}", code="schema", header=header
         ) from None
     _check_frame_size(len(frame), limits)
-    _scan(frame, limits)
+    if not _scan_cannot_fail(header.msg_type, len(frame), limits):
+        _scan(frame, limits)
     return frame
+
+
+_CONTENT_DEPTHS: dict[str, int] = {}  # msg_type -> deepest nesting its valid content has
+
+
+def _scan_cannot_fail(msg_type: str, size: int, limits: Limits) -> bool:
+    """Whether :func:`_scan` is sure to pass a frame just packed from checked content.
+
+    Packed from content its schema accepted, a frame has str keys only and no
+    ext types; each object takes at least one byte, so a frame of fewer bytes
+    than every count limit cannot exceed one; and its nesting is at most one
+    (the envelope) more than the schema allows. The decoding peer scans anyway;
+    this only spares the sender a second walk of what it built.
+    """
+    depth = _CONTENT_DEPTHS.get(msg_type)
+    if depth is None:
+        depth = _CONTENT_DEPTHS[msg_type] = _REGISTRY[msg_type].content.depth()
+    return (
+        size < min(limits.max_items, limits.max_container_len, limits.max_str_bytes)
+        and 1 + depth <= limits.max_depth
+    )
 
 
 def _check_frame_size(size: int, limits: Limits) -> None:
@@ -1920,6 +2027,236 @@ _define(
     doc="The replay page and where live events are published.",
 )
 
+_IMPORT_KINDS: Final = ("movies", "images", "positions", "volumes", "refinement_package")
+_LIST_KINDS: Final = (
+    "movies", "images", "positions", "volumes", "packages", "refinements", "ctf_estimates",
+)  # fmt: skip
+_GROUP_KINDS: Final = ("movie", "image", "particle_position", "volume", "atomic_coordinates")
+_GROUP_OPERATIONS: Final = ("create", "rename", "delete", "add", "remove", "from_movie_group")
+_ROW: Final = Dict(Value(max_depth=3), max_len=256)
+_GROUP: Final = Schema(
+    {"group_id": _COUNT, "name": _LABEL, "count": _COUNT, "implicit": Bool()}, name="GROUP"
+)
+_TASK: Final = Schema(
+    {
+        "task_id": _ID,
+        "key": _LABEL,
+        "stage": _COUNT,
+        "label": _LABEL,
+        "state": _NAME,
+        "attempt": _COUNT,
+        "failures": _COUNT,
+        "worker_id": _LABEL,
+        "host": _LABEL,
+        "reason": _REASON,
+        "evidence": List(Value(max_depth=3), max_len=16),
+    },
+    name="TASK",
+)
+_RESULT: Final = Schema(
+    {
+        "task_id": _ID,
+        "key": _LABEL,
+        "attempt": _ATTEMPT,
+        "worker_id": _LABEL,
+        "result": Dict(Value(max_depth=5), max_len=1024),
+        "output_files": List(_PATH, max_len=1000),
+        "elapsed_s": Float(min=0.0),
+        "recorded_at": _LABEL,
+    },
+    name="RESULT",
+)
+_define(
+    "assets_import",
+    [_C2D],
+    {
+        "project": _PATH,
+        "kind": Str(choices=_IMPORT_KINDS),
+        "paths": List(_PATH, min_len=1, max_len=500),
+        "options": Opt(Dict(Value(max_depth=2), max_len=64, key=_NAME_KEY), {}),
+    },
+    example={
+        "project": "/data/apoferritin",
+        "kind": "movies",
+        "paths": ["/data/raw/movie_0001.tif", "/data/raw/movie_0002.tif"],
+        "options": {
+            "voltage_kv": 300.0,
+            "spherical_aberration_mm": 2.7,
+            "pixel_size_angstroms": 1.06,
+            "exposure_per_frame": 1.2,
+            "gain_filename": "/data/raw/gain.mrc",
+        },
+    },
+    replies=["assets_imported"],
+    doc="Import assets into a project (all of paths or none).",
+)
+_define(
+    "assets_imported",
+    [_D2C],
+    {
+        "kind": Str(choices=_IMPORT_KINDS),
+        "ids": List(_COUNT, max_len=500),
+        "count": _COUNT,
+        "warnings": List(_REASON, max_len=100),
+    },
+    example={"kind": "movies", "ids": [1, 2], "count": 2, "warnings": []},
+    doc="What an import added: new asset ids (positions: only the count) and warnings.",
+)
+_define(
+    "assets_list",
+    [_C2D],
+    {
+        "project": _PATH,
+        "kind": Str(choices=_LIST_KINDS),
+        "group_id": Opt(_COUNT, 0),
+        "limit": Opt(Int(min=1, max=1000), 200),
+        "offset": Opt(_COUNT, 0),
+    },
+    example={"project": "/data/apoferritin", "kind": "movies", "group_id": 0, "limit": 50},
+    replies=["assets_reply"],
+    doc="List a project's assets of one kind (optionally of one group).",
+)
+_define(
+    "assets_reply",
+    [_D2C],
+    {"kind": Str(choices=_LIST_KINDS), "assets": List(_ROW, max_len=1000), "total": _COUNT},
+    example={
+        "kind": "movies",
+        "assets": [
+            {"movie_asset_id": 1, "filename": "/data/raw/movie_0001.tif", "pixel_size": 1.06}
+        ],
+        "total": 1,
+    },
+    doc="A page of asset rows and how many there are in all.",
+)
+_define(
+    "groups_list",
+    [_C2D],
+    {
+        "project": _PATH,
+        "kind": Str(choices=_GROUP_KINDS),
+        "group_id": Opt(Int(min=-1), -1),
+        "offset": Opt(_COUNT, 0),
+        "limit": Opt(Int(min=1, max=10_000), 10_000),
+    },
+    example={"project": "/data/apoferritin", "kind": "movie", "group_id": 1},
+    replies=["groups_reply"],
+    doc="List the groups of one kind (and a page of one group's members).",
+)
+_define(
+    "groups_edit",
+    [_C2D],
+    {
+        "project": _PATH,
+        "kind": Str(choices=_GROUP_KINDS),
+        "operation": Str(choices=_GROUP_OPERATIONS),
+        "group_id": Opt(_COUNT, 0),
+        "name": Opt(_LABEL, ""),
+        "asset_ids": Opt(List(Int(min=1), max_len=10_000), []),
+    },
+    example={
+        "project": "/data/apoferritin",
+        "kind": "movie",
+        "operation": "add",
+        "group_id": 1,
+        "asset_ids": [1, 2, 3],
+    },
+    replies=["groups_reply"],
+    doc="Create, rename, delete or fill a group; the reply lists the groups after it.",
+)
+_define(
+    "groups_reply",
+    [_D2C],
+    {
+        "kind": Str(choices=_GROUP_KINDS),
+        "groups": List(_GROUP, max_len=10_000),
+        "group_id": Opt(Int(min=-1), -1),
+        "changed": Opt(_COUNT, 0),
+        "members": Opt(List(_COUNT, max_len=10_000), []),
+        "members_total": Opt(_COUNT, 0),
+    },
+    example={
+        "kind": "movie",
+        "groups": [
+            {"group_id": 0, "name": "All Movies", "count": 48, "implicit": True},
+            {"group_id": 1, "name": "good", "count": 3, "implicit": False},
+        ],
+        "group_id": 1,
+        "changed": 3,
+        "members": [1, 2, 3],
+        "members_total": 3,
+    },
+    doc="The groups of one kind; the group acted on, how many members changed, members.",
+)
+_define(
+    "job_tasks",
+    [_C2D],
+    {
+        "job_id": _ID,
+        "states": Opt(List(_NAME, max_len=32), []),
+        "limit": Opt(Int(min=1, max=1000), 100),
+        "offset": Opt(_COUNT, 0),
+    },
+    example={"job_id": "j7", "states": ["failed"], "limit": 100, "offset": 0},
+    replies=["job_tasks_reply"],
+    doc="A page of one job's tasks with their states and failure evidence.",
+)
+_define(
+    "job_tasks_reply",
+    [_D2C],
+    {"job_id": _ID, "tasks": List(_TASK, max_len=1000), "total": _COUNT},
+    example={
+        "job_id": "j7",
+        "tasks": [
+            {
+                "task_id": "12",
+                "key": "task_0003",
+                "stage": 0,
+                "label": "",
+                "state": "failed",
+                "attempt": 3,
+                "failures": 3,
+                "worker_id": "",
+                "host": "node07",
+                "reason": "killed its worker 3 times",
+                "evidence": [{"exit_code": -11, "stderr_tail": "Segmentation fault"}],
+            }
+        ],
+        "total": 1,
+    },
+    doc="A page of tasks and how many match in all.",
+)
+_define(
+    "job_results",
+    [_C2D],
+    {"job_id": _ID, "limit": Opt(Int(min=1, max=1000), 100), "offset": Opt(_COUNT, 0)},
+    example={"job_id": "j7", "limit": 100, "offset": 0},
+    replies=["job_results_reply"],
+    doc="A page of the results a job recorded.",
+)
+_define(
+    "job_results_reply",
+    [_D2C],
+    {"job_id": _ID, "results": List(_RESULT, max_len=1000), "total": _COUNT},
+    example={
+        "job_id": "j7",
+        "results": [
+            {
+                "task_id": "12",
+                "key": "task_0003",
+                "attempt": 1,
+                "worker_id": "w-node07-1234",
+                "result": {"slept_s": 0.2},
+                "output_files": ["/data/apoferritin/Scratch/job_7/task_0003.attempt_1"],
+                "elapsed_s": 0.21,
+                "recorded_at": _T0,
+            }
+        ],
+        "total": 1,
+    },
+    doc="A page of results and how many there are in all.",
+)
+
 # worker <-> daemon
 _define(
     "worker_hello",
@@ -1931,6 +2268,7 @@ _define(
         "pid": Int(min=1),
         "protocol_version": Int(min=0),
         "threads": Int(min=1, max=65_536),
+        "prefetch": Opt(Int(min=1, max=64), 1),
     },
     example={
         "worker_id": "w-node07-1234",
@@ -1939,6 +2277,7 @@ _define(
         "pid": 1234,
         "protocol_version": PROTOCOL_VERSION,
         "threads": 4,
+        "prefetch": 8,
     },
     replies=["worker_welcome"],
     doc="First message of a worker.",

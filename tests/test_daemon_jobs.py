@@ -78,7 +78,8 @@ def test_selftest_job_completes_with_one_result_per_task(daemon, project, home):
     assert shown.returncode == 0, shown.stderr
     record = json.loads(shown.stdout)
     assert record["state"] == "completed"
-    assert record["tasks"] == {"completed": 24}
+    assert record["task_counts"] == {"completed": 24}
+    assert [task["state"] for task in record["tasks"]] == ["completed"] * 24
     wait_until(lambda: not worker_pids(home), 10, message="workers still running after the job")
     job_row = read_db(
         project,

@@ -624,6 +624,89 @@ def test_worker_identity_rules() -> None:
     sm.check_invariants()
 
 
+# ------------------------------------------------------------------ prefetch
+
+
+def _prefetching(tasks: int = 8, prefetch: int = 4) -> JobTaskState:
+    """One prefetching worker on a job of ``tasks`` short tasks, after its first result."""
+    sm = JobTaskState(CFG)
+    start(sm, "J", [f"t{i}" for i in range(tasks)])
+    sm.handle(WorkerConnected("w1", "J", "h", now=0.0, prefetch=prefetch))
+    out = sm.handle(WorkerReady("w1", now=0.0))
+    assert assigned(out) == [("w1", "t0", 1)]  # depth 1 until task times are known
+    out = sm.handle(TaskResult("w1", "t0", 1, "r0", now=0.1, elapsed_s=0.001))
+    assert assigned(out) == [("w1", f"t{i}", 1) for i in range(1, 1 + prefetch)]
+    assert sm.worker("w1").held == tuple(f"t{i}" for i in range(1, 1 + prefetch))
+    sm.check_invariants()
+    return sm
+
+
+def test_prefetching_worker_is_topped_up_without_asking() -> None:
+    sm = _prefetching()
+    out = sm.handle(TaskResult("w1", "t1", 1, "r1", now=0.2, elapsed_s=0.001))
+    assert assigned(out) == [("w1", "t5", 1)]
+    assert sm.worker("w1").state is WorkerState.BUSY
+    for i, now in zip(range(2, 8), range(3, 9), strict=True):
+        sm.handle(TaskResult("w1", f"t{i}", 1, f"r{i}", now=now / 10, elapsed_s=0.001))
+        sm.check_invariants()
+    assert sm.job("J").state is JobState.COMPLETED
+    assert sm.worker("w1").state is WorkerState.STOPPING
+
+
+def test_long_tasks_are_not_prefetched() -> None:
+    sm = JobTaskState(CFG)
+    start(sm, "J", ["t0", "t1", "t2"])
+    sm.handle(WorkerConnected("w1", "J", "h", now=0.0, prefetch=8))
+    sm.handle(WorkerReady("w1", now=0.0))
+    out = sm.handle(TaskResult("w1", "t0", 1, "r0", now=2.0, elapsed_s=2.0))
+    assert assigned(out) == [("w1", "t1", 1)]
+
+
+def test_only_the_running_attempt_of_a_lost_prefetching_worker_counts() -> None:
+    sm = _prefetching()
+    out = sm.handle(WorkerDied("w1", now=1.0, exit_code=-11, stderr_tail="segfault"))
+    moves = task_moves(out)
+    assert moves[:4] == [("t4", A, Q), ("t3", A, Q), ("t2", A, Q), ("t1", A, Q)]
+    assert [sm.task(f"t{i}").failures for i in range(1, 5)] == [1, 0, 0, 0]
+    assert [sm.task(f"t{i}").attempt for i in range(1, 5)] == [1, 0, 0, 0]  # withdrawn
+    assert sm.task("t1").evidence[0].exit_code == -11
+    assert sm.queued_task_ids("J")[:5] == ["t1", "t2", "t3", "t4", "t5"]  # order kept
+    sm.check_invariants()
+
+
+def test_lease_expiry_of_a_prefetching_worker_releases_its_queue() -> None:
+    sm = _prefetching(prefetch=3)
+    sm.handle(Heartbeat("w1", now=20.0, task_id="t1", attempt=1))
+    out = sm.handle(Heartbeat("w1", now=50.0))  # alive, but says nothing of t1
+    out += sm.handle(Tick(now=50.5))
+    cancels = only(out, CancelTask)
+    assert {(c.task_id, c.attempt) for c in cancels} == {("t1", 1), ("t2", 1), ("t3", 1)}
+    assert [sm.task(t).failures for t in ("t1", "t2", "t3")] == [1, 0, 0]
+    assert sm.worker("w1").state is WorkerState.STOPPING
+    sm.check_invariants()
+
+
+def test_prefetched_attempts_are_resent_in_order_and_checked() -> None:
+    sm = _prefetching(prefetch=3)
+    out = sm.handle(WorkerReady("w1", now=0.5))  # e.g. after a reconnection
+    assert assigned(out) == [("w1", "t1", 1), ("w1", "t2", 1), ("w1", "t3", 1)]
+    # A result of a prefetched attempt out of order is still that worker's to give.
+    out = sm.handle(TaskResult("w1", "t3", 1, "r3", now=0.6, elapsed_s=0.001))
+    assert only(out, CommitResult)
+    out = sm.handle(TaskResult("w2", "t2", 1, "x", now=0.6))
+    assert only(out, RejectResult)
+    sm.check_invariants()
+
+
+def test_cancel_reaches_every_prefetched_attempt() -> None:
+    sm = _prefetching(prefetch=3)
+    out = sm.handle(CancelJob("J", now=1.0))
+    cancels = {(c.task_id, c.attempt) for c in only(out, CancelTask)}
+    assert cancels == {("t1", 1), ("t2", 1), ("t3", 1)}
+    assert sm.job("J").state is JobState.CANCELLED
+    sm.check_invariants()
+
+
 # ------------------------------------------------------------------ cancel
 
 
@@ -921,7 +1004,18 @@ class Lifecycle(RuleBasedStateMachine):
 
     def apply(self, event: object) -> list[Instruction]:
         before = {t: self.sm.task(t).state for t in self.sm.task_ids()}
+        failures = {t: self.sm.task(t).failures for t in self.sm.task_ids()}
+        held_before = {w: self.sm.worker(w).held for w in self.sm.worker_ids()}
         out = self.sm.handle(event)  # type: ignore[arg-type]
+        # Only a running attempt counts as lost: a prefetched attempt (not the oldest
+        # its worker held) never started, so its loss adds no failure -- unless the
+        # worker itself reported an error for it.
+        for worker_id, held in held_before.items():
+            for task_id in held[1:]:
+                if self.sm.task(task_id).failures > failures[task_id]:
+                    assert isinstance(event, TaskError) and event.task_id == task_id, (
+                        f"{task_id}, prefetched by {worker_id}, counted a lost attempt on {event}"
+                    )
         for ins in out:
             if isinstance(ins, TaskStateChanged):
                 assert (ins.old, ins.new) in TASK_TRANSITIONS
@@ -945,7 +1039,7 @@ class Lifecycle(RuleBasedStateMachine):
             # Every assignment goes to a live worker of the task's job that holds it.
             worker = self.sm.worker(ins.worker_id)
             task = self.sm.task(ins.task_id)
-            assert worker.state is WorkerState.BUSY and worker.task_id == ins.task_id
+            assert worker.state is WorkerState.BUSY and ins.task_id in worker.held
             assert worker.job_id == task.job_id and task.attempt == ins.attempt
         return out
 
@@ -1010,7 +1104,12 @@ class Lifecycle(RuleBasedStateMachine):
             if bool(self.attempts) and data.draw(st.booleans()):
                 _, task_id, attempt = data.draw(st.sampled_from(self.attempts))
                 running = TaskAttempt(task_id, attempt)
-        out = self.apply(WorkerConnected(worker_id, job_id, "h", now=self.now, running=running))
+        prefetch = data.draw(st.sampled_from([1, 1, 3]))
+        out = self.apply(
+            WorkerConnected(
+                worker_id, job_id, "h", now=self.now, running=running, prefetch=prefetch
+            )
+        )
         if worker_id not in self.workers:
             self.workers.append(worker_id)
         if out and not self.chaos(data):  # a worker asks for work right after its hello
@@ -1099,7 +1198,10 @@ class Lifecycle(RuleBasedStateMachine):
             self.apply(TaskProgress(worker_id, task_id, attempt, now=self.now, fraction=0.5))
         elif kind == "result":
             ref = self.new_id("r")
-            self.apply(TaskResult(worker_id, task_id, attempt, ref, now=self.now))
+            elapsed = data.draw(st.sampled_from([None, 0.001, 0.001, 1.0]))
+            self.apply(
+                TaskResult(worker_id, task_id, attempt, ref, now=self.now, elapsed_s=elapsed)
+            )
         else:
             retriable = data.draw(st.booleans())
             self.apply(
@@ -1180,9 +1282,13 @@ class Lifecycle(RuleBasedStateMachine):
                     assert task.worker_id is not None
                     worker = self.sm.worker(task.worker_id)
                     assert worker.state is WorkerState.BUSY and worker.job_id == job_id
-                    assert worker.task_id == task.task_id
-                    assert task.worker_id not in holders  # one task per worker
-                    holders[task.worker_id] = task.task_id
+                    assert task.task_id in worker.held  # a worker may hold several
+                    assert task.task_id not in holders  # but no task is on two workers
+                    holders[task.task_id] = task.worker_id
+        for worker_id in self.sm.worker_ids():
+            held = self.sm.worker(worker_id).held
+            assert len(held) == len(set(held)) <= 3
+            assert all(holders.get(t) == worker_id for t in held)
 
     def teardown(self) -> None:
         """Let every worker behave: every job must reach a terminal state."""

@@ -182,9 +182,11 @@ def start_worker(tmp_path: Path, endpoint: str) -> Iterator[Any]:
     started: list[WorkerProcess] = []
 
     def start(worker_id: str = "w1", *, death_timeout: float = 20.0, heartbeat: float = HEARTBEAT,
-              extra: list[str] | None = None, prefix: list[str] | None = None) -> WorkerProcess:
+              extra: list[str] | None = None, prefix: list[str] | None = None,
+              prefetch: int = 1) -> WorkerProcess:
         argv = worker_command(endpoint=endpoint, job_id="j1", worker_id=worker_id, threads=1,
                               heartbeat_interval_s=heartbeat, death_timeout_s=death_timeout)
+        argv += ["--prefetch", str(prefetch)]
         if prefix is not None:
             argv = prefix + argv[3:]  # replace "python -m cistemd.worker" with a wrapper
         process = WorkerProcess(argv + (extra or []), tmp_path / f"{worker_id}.log")
@@ -251,6 +253,35 @@ def test_hello_request_progress_results_and_shutdown(tmp_path, broker, start_wor
     bye = broker.expect("worker_bye")
     assert bye.message.content["reason"]
     assert broker.until_exit(worker) == ExitCode.OK
+
+
+def test_prefetching_worker_runs_what_it_holds_in_order(tmp_path, broker, start_worker):
+    worker = start_worker("w-pre", prefetch=4)
+    hello = broker.expect("worker_hello")
+    assert hello.message.content["prefetch"] == 4
+    request = broker.expect("task_request")
+    # Four held at once; the first runs long enough for the cancel of the third to
+    # reach the worker before it starts, and one is delivered twice.
+    assignments = [
+        selftest_assignment(tmp_path, index, tasks=4, sleep=0.5 if index == 0 else 0.0)
+        for index in range(4)
+    ]
+    for assignment in assignments:
+        broker.send(b"w-pre", "task_assign", assignment, parent=request.message)
+    broker.send(b"w-pre", "task_assign", assignments[1])
+    broker.send(b"w-pre", "task_cancel", {"task_id": "j1.t2", "attempt": 1, "reason": "test"})
+    for index in (0, 1, 3):
+        broker.expect("task_result", task_id=f"j1.t{index}")
+    # A re-delivery of a finished attempt is not run again.
+    broker.send(b"w-pre", "task_assign", assignments[0])
+    broker.send(b"w-pre", "worker_shutdown", {"reason": "job finished"})
+    broker.expect("worker_bye")
+    assert broker.until_exit(worker) == ExitCode.OK
+    results = [r.message.content["task_id"] for r in broker.of_type("task_result")]
+    assert results == ["j1.t0", "j1.t1", "j1.t3"]  # in order, once each, t2 never ran
+    assert not (tmp_path / "Scratch" / attempt_file_name(2, 1)).exists()
+    assert len(broker.of_type("task_request")) == 1  # it does not ask for each task
+    assert not broker.of_type("error")
 
 
 def test_task_error_carries_the_traceback_tail_and_the_worker_goes_on(

@@ -298,7 +298,8 @@ class SelfTest(Action):
         pid, host = os.getpid(), socket.gethostname()
 
         scratch = context.scratch_dir
-        scratch.mkdir(parents=True, exist_ok=True)
+        if not scratch.is_dir():  # the worker makes it; a standalone run may not
+            scratch.mkdir(parents=True, exist_ok=True)
         record = {
             "task_index": index,
             "task_id": str(context.task_id),

@@ -21,7 +21,10 @@ from cistemd.errors import CistemError
 __all__ = ["build_parser", "main"]
 
 # Order = order in ``cistem --help``.
-COMMAND_MODULES: tuple[str, ...] = ("demo", "simulate", "info", "project", "run", "jobs", "job")
+COMMAND_MODULES: tuple[str, ...] = (
+    "demo", "simulate", "info", "project", "imports", "assets", "groups",
+    "run", "jobs", "job", "results",
+)  # fmt: skip
 
 _COMING = """\
 jobs run in the cistemd daemon (`cistemd start`); they go on when you log out.

@@ -152,7 +152,9 @@ class DaemonConfig:
     worker_python
         Interpreter for local workers (default: this one).
     max_batch
-        Most messages read from one socket before the loop commits and acts.
+        Most messages read from one socket before the loop commits and acts
+        (small enough that a client's request never waits behind a long
+        batch of worker results: one batch is a few ms of work).
     """
 
     heartbeat_interval_s: float = 1.0
@@ -171,7 +173,7 @@ class DaemonConfig:
     tcp_workers: str | None = None
     tcp_clients: str | None = None
     worker_python: str | None = None
-    max_batch: int = 256
+    max_batch: int = 32
 
     def __post_init__(self) -> None:
         for name in (
@@ -423,6 +425,12 @@ class Daemon:
             "jobs_list": self._on_jobs_list,
             "job_log": self._on_job_log,
             "subscribe": self._on_subscribe,
+            "assets_import": self._on_assets_import,
+            "assets_list": self._on_assets_list,
+            "groups_list": self._on_groups_list,
+            "groups_edit": self._on_groups_edit,
+            "job_tasks": self._on_job_tasks,
+            "job_results": self._on_job_results,
         }
 
     # ================================================================== life cycle
@@ -591,12 +599,16 @@ class Daemon:
             if self._zap is not None and self._zap.socket in ready:
                 for _ in range(64):
                     self._zap.handle()
+            # Clients first, answered at once: their requests are few and someone
+            # waits for each, while worker results can wait for the next commit.
+            clients = [sock for sock in self._client_sockets if sock in ready]
+            for sock in clients:
+                self._drain(sock, self._on_client_frames)
+            if clients:
+                self._flush()
             for sock in self._worker_sockets:
                 if sock in ready:
                     self._drain(sock, self._on_worker_frames)
-            for sock in self._client_sockets:
-                if sock in ready:
-                    self._drain(sock, self._on_client_frames)
             self._flush()
             self._timers(time.monotonic())
             self._flush()
@@ -1626,6 +1638,104 @@ class Daemon:
             },
         )
 
+    # ------------------------------------------------------------------ assets, groups, results
+    # The work is in cistemd.manager.client_ops; writes go into the batch
+    # transaction (a savepoint: a refused import leaves nothing behind) and the
+    # reply is sent only after the commit.
+
+    def _on_assets_import(
+        self, sock: zmq.Socket[Any], identity: bytes, msg: protocol.Message
+    ) -> None:
+        from cistemd.manager import client_ops
+
+        content = msg.content
+        op = self._project_arg(content["project"])
+        with self._savepoint(op):
+            reply = client_ops.import_assets(
+                op.project, content["kind"], content["paths"], content["options"]
+            )
+        logger.info("imported %d %s into %s", reply["count"], content["kind"], op.path)
+        self._reply(sock, identity, msg, "assets_imported", reply, op)
+
+    def _on_assets_list(
+        self, sock: zmq.Socket[Any], identity: bytes, msg: protocol.Message
+    ) -> None:
+        from cistemd.manager import client_ops
+
+        content = msg.content
+        op = self._project_arg(content["project"])
+        reply = client_ops.list_assets(
+            op.project,
+            content["kind"],
+            group_id=int(content["group_id"]),
+            limit=int(content["limit"]),
+            offset=int(content["offset"]),
+        )
+        self._reply(sock, identity, msg, "assets_reply", reply)
+
+    def _on_groups_list(
+        self, sock: zmq.Socket[Any], identity: bytes, msg: protocol.Message
+    ) -> None:
+        from cistemd.manager import client_ops
+
+        content = msg.content
+        op = self._project_arg(content["project"])
+        reply = client_ops.list_groups(
+            op.project,
+            content["kind"],
+            group_id=int(content["group_id"]),
+            offset=int(content["offset"]),
+            limit=int(content["limit"]),
+        )
+        self._reply(sock, identity, msg, "groups_reply", reply)
+
+    def _on_groups_edit(
+        self, sock: zmq.Socket[Any], identity: bytes, msg: protocol.Message
+    ) -> None:
+        from cistemd.manager import client_ops
+
+        content = msg.content
+        op = self._project_arg(content["project"])
+        with self._savepoint(op):
+            reply = client_ops.edit_groups(
+                op.project,
+                content["kind"],
+                content["operation"],
+                group_id=int(content["group_id"]),
+                name=content["name"],
+                asset_ids=content["asset_ids"],
+            )
+        self._reply(sock, identity, msg, "groups_reply", reply, op)
+
+    def _on_job_tasks(self, sock: zmq.Socket[Any], identity: bytes, msg: protocol.Message) -> None:
+        from cistemd.manager import client_ops
+
+        content = msg.content
+        op = self._find_job(content["job_id"])
+        reply = client_ops.job_tasks(
+            op.store.conn,
+            content["job_id"],
+            states=content["states"],
+            limit=int(content["limit"]),
+            offset=int(content["offset"]),
+        )
+        self._reply(sock, identity, msg, "job_tasks_reply", reply)
+
+    def _on_job_results(
+        self, sock: zmq.Socket[Any], identity: bytes, msg: protocol.Message
+    ) -> None:
+        from cistemd.manager import client_ops
+
+        content = msg.content
+        op = self._find_job(content["job_id"])
+        reply = client_ops.job_results(
+            op.store.conn,
+            content["job_id"],
+            limit=int(content["limit"]),
+            offset=int(content["offset"]),
+        )
+        self._reply(sock, identity, msg, "job_results_reply", reply)
+
     # ================================================================== worker messages
 
     def _on_worker_frames(self, sock: zmq.Socket[Any], frames: list[bytes]) -> None:
@@ -1690,7 +1800,17 @@ class Daemon:
         elif kind == "task_result":
             ref = message.msg_id
             self._pending_results[ref] = content
-            self._drive(op, sm.TaskResult(wid, content["task_id"], content["attempt"], ref, now))
+            self._drive(
+                op,
+                sm.TaskResult(
+                    wid,
+                    content["task_id"],
+                    content["attempt"],
+                    ref,
+                    now,
+                    elapsed_s=float(content["elapsed_s"]),
+                ),
+            )
             self._pending_results.pop(ref, None)
         elif kind == "task_error":
             self._drive(
@@ -1785,7 +1905,12 @@ class Daemon:
         self._begin(op)
         op.store.record_worker_hello(wid, int(job_id), conn.host, conn.pid)
         self._after(lambda: self._send(sock, identity, welcome), op)
-        self._drive(op, sm.WorkerConnected(wid, job_id, conn.host, time.monotonic()))
+        self._drive(
+            op,
+            sm.WorkerConnected(
+                wid, job_id, conn.host, time.monotonic(), prefetch=int(content["prefetch"])
+            ),
+        )
 
     def _forget_worker(self, conn: _WorkerConn) -> None:
         if conn.identity is not None and conn.socket is not None:
@@ -1957,6 +2082,11 @@ class Daemon:
             else (-item.signal if item.signal is not None else None)
         )
         description = item.description
+        # What the worker sent before it died is read first: a prefetching worker's
+        # last result must not be taken for its running attempt's loss.
+        for sock in self._worker_sockets:
+            if sock.poll(0):
+                self._drain(sock, self._on_worker_frames)
         with self._savepoint(op):
             op.store.record_worker_end(item.worker_id, "exited", exit_code=code, reason=description)
         conn = self._workers.get(item.worker_id)

@@ -55,7 +55,7 @@ Worker states (not persisted; workers do not survive a daemon restart)::
     (hello) -> connected
     connected -> waiting             asked for work, none queued yet
     connected | waiting -> busy      given a task (or re-adopted one)
-    busy -> connected                reported the result or error of its task
+    busy -> connected                reported the result or error of the last task it held
     connected | waiting | busy -> stopping -> stopped*   told to stop; exited or silent
     connected | waiting | busy -> dead*                  crash, disconnect, missed beats
 
@@ -106,9 +106,35 @@ Decisions
   per daemon lifetime, so a worker that dies on start-up cannot loop forever.
   Workers are stopped when their job ends, and idle workers as soon as the plan
   has finished and nothing is queued.
+* **Prefetch.** A worker that says hello with ``prefetch`` K > 1 may hold up
+  to K attempts at once; it runs them in the order they were sent, so the
+  oldest one it holds is the one running. How many it is given (its *depth*)
+  adapts to the job's mean task time (``elapsed_s`` of results):
+  1 until that is known, then enough to cover :data:`PREFETCH_WINDOW_SECONDS`
+  of work, at most K -- long tasks are not hoarded, no-op tasks do not each
+  wait a round trip. Such a worker does not ask for each task: when a held
+  attempt ends it is topped up, and when it holds nothing it is served as if
+  it had asked (given work, told to wait, or stopped). Each attempt is still
+  ``(task_id, attempt)``-checked and has its own lease, which starts when the
+  attempt becomes the oldest held (a heartbeat naming any held attempt renews
+  it). When the worker is lost or its running attempt's lease runs out, only
+  the running (oldest) attempt counts as lost; the prefetched ones never
+  started, so they are withdrawn: back to the front of the queue, in order,
+  without evidence, without a step towards ``max_task_failures``, and with
+  ``attempt`` (and the worker a late result must come from) back to what they
+  were, as if never assigned -- a task's attempt numbers count the attempts
+  that may have run (they get :class:`CancelTask` if the worker is still
+  there; a result of a withdrawn attempt is refused as an unknown attempt or
+  a wrong worker). Held attempts are not
+  taken back for an idle worker (that would make a new attempt of a task
+  that never failed); the depth bounds what one worker holds to about
+  :data:`PREFETCH_WINDOW_SECONDS` of mean task time. A worker without
+  ``prefetch`` (K = 1) is served exactly as before: one attempt, one
+  ``task_request`` each.
 * **Re-delivery.** A :class:`WorkerReady` (or a new hello without the task)
   from a worker that holds a task re-sends the same :class:`AssignTask` (same
-  attempt, same lease): the assignment may have been lost in a reconnection.
+  attempt, same lease; every attempt it holds, in order): the assignment may
+  have been lost in a reconnection.
 * **Re-adoption.** A worker that names (in its hello or a heartbeat) the
   current attempt of a queued task that was given to it -- typically a worker
   that outlived a daemon restart -- takes that task back without a new attempt.
@@ -153,6 +179,7 @@ from cistemd.errors import CistemError
 
 __all__ = [
     "JOB_TRANSITIONS",
+    "PREFETCH_WINDOW_SECONDS",
     "TASK_TRANSITIONS",
     "WORKER_TRANSITIONS",
     "AssignTask",
@@ -536,6 +563,7 @@ class WorkerRecord:
     task_id: str | None
     last_seen: float
     reason: str
+    held: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -675,6 +703,7 @@ class WorkerConnected(Event):
     host: str
     now: float
     running: TaskAttempt | None = None
+    prefetch: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -726,6 +755,7 @@ class TaskResult(Event):
     attempt: int
     result_ref: str
     now: float
+    elapsed_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -987,6 +1017,10 @@ class StateConfig:
         return self.heartbeat_interval * self.liveness
 
 
+PREFETCH_WINDOW_SECONDS: Final = 0.05
+"""Work a prefetching worker is given ahead: ``depth = window / mean task time``."""
+
+
 # --------------------------------------------------------------------------- internals
 
 
@@ -1001,6 +1035,7 @@ class _Task:
     attempt: int = 0
     worker_id: str | None = None
     last_worker_id: str | None = None
+    prev_worker_id: str | None = None  # last_worker_id before the current attempt
     lease_deadline: float | None = None
     failures: int = 0
     result_ref: str | None = None
@@ -1026,6 +1061,7 @@ class _Job:
     pending_launches: int = 0
     launched: int = 0
     last_worker_loss: str = ""
+    task_seconds: float | None = None  # running mean of the attempts' elapsed_s
 
     def ended(self) -> bool:
         return self.state is not None and self.state.terminal
@@ -1038,8 +1074,14 @@ class _Worker:
     host: str
     last_seen: float
     state: WorkerState | None = None
-    task_id: str | None = None
+    held: list[str] = field(default_factory=list)  # attempts held, in the order sent
     reason: str = ""
+    prefetch: int = 1
+
+    @property
+    def task_id(self) -> str | None:
+        """The running attempt's task: the oldest held (a worker runs in order)."""
+        return self.held[0] if self.held else None
 
 
 # --------------------------------------------------------------------------- the machine
@@ -1271,7 +1313,8 @@ class JobTaskState:
         w = self._workers[worker_id]
         assert w.state is not None
         return WorkerRecord(
-            w.worker_id, w.job_id, w.host, w.state, w.task_id, w.last_seen, w.reason
+            w.worker_id, w.job_id, w.host, w.state, w.task_id, w.last_seen, w.reason,
+            tuple(w.held),
         )
 
     def job_ids(self) -> list[str]:
@@ -1332,13 +1375,13 @@ class JobTaskState:
                 worker = self._workers.get(task.worker_id or "")
                 if worker is None or worker.state is not WorkerState.BUSY:
                     add(f"task {tid}: {task.state} on a worker that is not busy")
-                elif worker.task_id != tid or worker.job_id != task.job_id:
-                    add(f"task {tid}: its worker {worker.worker_id} holds {worker.task_id}")
+                elif tid not in worker.held or worker.job_id != task.job_id:
+                    add(f"task {tid}: its worker {worker.worker_id} holds {worker.held}")
                 if task.attempt < 1 or task.last_worker_id != task.worker_id:
                     add(f"task {tid}: in flight with attempt {task.attempt}")
-                if task.worker_id in holders:
-                    add(f"task {tid}: worker {task.worker_id} also holds {holders[task.worker_id]}")
-                holders[task.worker_id or ""] = tid
+                if tid in holders:
+                    add(f"task {tid}: held by {task.worker_id} and {holders[tid]}")
+                holders[tid] = task.worker_id or ""
             elif not task.state.in_flight and task.worker_id is not None:
                 add(f"task {tid}: {task.state} but held by {task.worker_id}")
         for job in self._jobs.values():
@@ -1392,17 +1435,21 @@ class JobTaskState:
             job = self._jobs.get(worker.job_id)
             if job is None or (wid in job.workers) != present:
                 add(f"worker {wid}: job membership does not match state {worker.state}")
-            if (worker.state is WorkerState.BUSY) != (worker.task_id is not None):
-                add(f"worker {wid}: {worker.state} holding {worker.task_id}")
-            if worker.task_id is not None:
-                held = self._tasks.get(worker.task_id)
+            if (worker.state is WorkerState.BUSY) != bool(worker.held):
+                add(f"worker {wid}: {worker.state} holding {worker.held}")
+            if len(worker.held) > max(1, worker.prefetch) or len(set(worker.held)) != len(
+                worker.held
+            ):
+                add(f"worker {wid}: holds {worker.held} with prefetch {worker.prefetch}")
+            for held_id in worker.held:
+                held = self._tasks.get(held_id)
                 if (
                     held is None
                     or held.worker_id != wid
                     or not held.state
                     or not held.state.in_flight
                 ):
-                    add(f"worker {wid}: holds {worker.task_id} which is not held by it")
+                    add(f"worker {wid}: holds {held_id} which is not held by it")
         if problems:
             raise InvariantViolation("\n".join(problems))
 
@@ -1537,7 +1584,13 @@ class JobTaskState:
             why = "unknown job" if job is None else f"job is {job.state}"
             out.append(StopWorker(wid, f"{why}: {event.job_id}"))
             return
-        worker = _Worker(worker_id=wid, job_id=job.job_id, host=event.host, last_seen=event.now)
+        worker = _Worker(
+            worker_id=wid,
+            job_id=job.job_id,
+            host=event.host,
+            last_seen=event.now,
+            prefetch=max(1, event.prefetch),
+        )
         self._workers[wid] = worker
         job.pending_launches = max(0, job.pending_launches - 1)
         self._set_worker_state(
@@ -1554,15 +1607,7 @@ class JobTaskState:
         elif worker.state is WorkerState.BUSY:
             self._resend_assignment(worker, out)
         elif worker.state is WorkerState.CONNECTED:
-            job = self._jobs[worker.job_id]
-            if job.queue:
-                self._assign(job.queue[0], worker, event.now, out)
-            elif job.plan_finished:
-                self._stop_worker(worker, "no more work for this job", event.now, out)
-            else:
-                self._set_worker_state(
-                    worker, WorkerState.WAITING, "nothing queued yet", event.now, out
-                )
+            self._serve(worker, event.now, out)
         # WAITING: a repeated request, nothing to do.
 
     def _on_heartbeat(self, event: Heartbeat, out: list[Instruction]) -> None:
@@ -1619,6 +1664,12 @@ class JobTaskState:
             rejected[refusal.value] = rejected.get(refusal.value, 0) + 1
             out.append(RejectResult(event.task_id, event.attempt, event.worker_id, refusal))
         else:
+            if event.elapsed_s is not None and event.elapsed_s >= 0:
+                job = self._jobs[self._tasks[event.task_id].job_id]
+                mean = job.task_seconds
+                job.task_seconds = (
+                    event.elapsed_s if mean is None else 0.8 * mean + 0.2 * event.elapsed_s
+                )
             self._commit(self._tasks[event.task_id], event, out)
         if not live:
             self._stop_gone_sender(event.worker_id, out)
@@ -1650,9 +1701,7 @@ class JobTaskState:
             else:
                 holder = self._fail_task(task, record, f"error: {event.reason}", event.now, out)
             if holder is not None:
-                self._set_worker_state(
-                    holder, WorkerState.CONNECTED, "reported an error", event.now, out
-                )
+                self._after_release(holder, "reported an error", event.now, out)
             self._after_task_change(job, event.now, out)
         if not live:
             self._stop_gone_sender(event.worker_id, out)
@@ -1786,7 +1835,7 @@ class JobTaskState:
 
     def _held_attempt(self, worker: _Worker | None, task_id: str, attempt: int) -> _Task | None:
         """Return the task if ``worker`` holds exactly this attempt of it, else ``None``."""
-        if worker is None or worker.state is not WorkerState.BUSY or worker.task_id != task_id:
+        if worker is None or worker.state is not WorkerState.BUSY or task_id not in worker.held:
             return None
         task = self._tasks[task_id]
         return task if task.attempt == attempt else None
@@ -1916,6 +1965,7 @@ class JobTaskState:
         if job.state is JobState.QUEUED:
             self._set_job_state(job, JobState.RUNNING, "first task assigned", now, out)
         task.attempt += 1
+        task.prev_worker_id = task.last_worker_id
         task.worker_id = task.last_worker_id = worker.worker_id
         self._renew_lease(task, now)
         self._set_task_state(
@@ -1925,21 +1975,75 @@ class JobTaskState:
             now,
             out,
         )
-        worker.task_id = task_id
-        self._set_worker_state(worker, WorkerState.BUSY, f"running {task_id}", now, out)
+        worker.held.append(task_id)
+        if worker.state is not WorkerState.BUSY:
+            self._set_worker_state(worker, WorkerState.BUSY, f"running {task_id}", now, out)
         out.append(
             AssignTask(worker.worker_id, task_id, task.attempt, task.payload, task.lease_deadline)
         )
 
+    def _depth(self, worker: _Worker) -> int:
+        """How many attempts ``worker`` should hold: adaptive prefetch.
+
+        One until the job's attempts have reported how long they take; then
+        enough to cover :data:`PREFETCH_WINDOW_SECONDS` of work, within the
+        worker's declared ``prefetch``. Long tasks are never hoarded by one
+        worker while another idles; short ones do not wait a round trip each.
+        """
+        if worker.prefetch <= 1:
+            return 1
+        mean = self._jobs[worker.job_id].task_seconds
+        if mean is None:
+            return 1
+        return max(1, min(worker.prefetch, int(PREFETCH_WINDOW_SECONDS / max(mean, 1e-6))))
+
+    def _top_up(self, worker: _Worker, now: float, out: list[Instruction]) -> None:
+        """Give a busy worker more queued attempts, up to its depth."""
+        job = self._jobs[worker.job_id]
+        if worker.state is not WorkerState.BUSY or job.ended():
+            return
+        depth = self._depth(worker)
+        while job.queue and len(worker.held) < depth:
+            self._assign(job.queue[0], worker, now, out)
+
+    def _serve(self, worker: _Worker, now: float, out: list[Instruction]) -> None:
+        """Give a connected worker that holds nothing work, or let it wait, or stop it."""
+        job = self._jobs[worker.job_id]
+        if job.queue:
+            self._assign(job.queue[0], worker, now, out)
+            self._top_up(worker, now, out)
+        elif job.plan_finished:
+            self._stop_worker(worker, "no more work for this job", now, out)
+        else:
+            self._set_worker_state(worker, WorkerState.WAITING, "nothing queued yet", now, out)
+
+    def _after_release(
+        self, holder: _Worker, reason: str, now: float, out: list[Instruction]
+    ) -> None:
+        """Move ``holder`` on after one of its held attempts ended (result or error).
+
+        A worker that still holds prefetched attempts stays busy and is topped
+        up; one that holds nothing is ``connected`` again and, if it prefetches,
+        served at once (it does not ask for each task).
+        """
+        if holder.held:
+            if holder.prefetch > 1:
+                self._top_up(holder, now, out)
+            return
+        self._set_worker_state(holder, WorkerState.CONNECTED, reason, now, out)
+        if holder.prefetch > 1 and not self._jobs[holder.job_id].ended():
+            self._serve(holder, now, out)
+
     def _resend_assignment(self, worker: _Worker, out: list[Instruction]) -> None:
-        assert worker.task_id is not None
-        task = self._tasks[worker.task_id]
-        self._counters.assignments_resent += 1
-        out.append(
-            AssignTask(
-                worker.worker_id, task.task_id, task.attempt, task.payload, task.lease_deadline
+        assert worker.held
+        for task_id in worker.held:
+            task = self._tasks[task_id]
+            self._counters.assignments_resent += 1
+            out.append(
+                AssignTask(
+                    worker.worker_id, task.task_id, task.attempt, task.payload, task.lease_deadline
+                )
             )
-        )
 
     def _renew_lease(self, task: _Task, now: float) -> None:
         lease = self.config.lease_seconds
@@ -1956,13 +2060,11 @@ class JobTaskState:
     ) -> None:
         """Match what a worker says it runs against what the state says it holds."""
         held = self._tasks[worker.task_id] if worker.task_id is not None else None
-        if (
-            claim is not None
-            and held is not None
-            and claim == TaskAttempt(held.task_id, held.attempt)
-        ):
-            self._renew_lease(held, now)
-            return
+        if claim is not None and claim.task_id in worker.held:
+            claimed = self._tasks[claim.task_id]
+            if claim.attempt == claimed.attempt:
+                self._renew_lease(claimed, now)
+                return
         if claim is not None:
             task = self._tasks.get(claim.task_id)
             if (
@@ -1996,16 +2098,23 @@ class JobTaskState:
             now,
             out,
         )
-        worker.task_id = task.task_id
+        worker.held.append(task.task_id)
         self._set_worker_state(worker, WorkerState.BUSY, f"re-adopted {task.task_id}", now, out)
 
-    def _free_holder(self, task: _Task) -> _Worker | None:
-        """Detach a task from its holder (if any); returns the holder, still ``busy``."""
+    def _free_holder(self, task: _Task, now: float | None = None) -> _Worker | None:
+        """Detach a task from its holder (if any); returns the holder, still ``busy``.
+
+        When the task was the holder's running (oldest) attempt, the next one
+        it holds starts now: its lease is renewed from ``now``.
+        """
         holder = self._workers.get(task.worker_id) if task.worker_id is not None else None
         task.worker_id = None
         task.lease_deadline = None
-        if holder is not None:
-            holder.task_id = None
+        if holder is not None and task.task_id in holder.held:
+            was_head = holder.held[0] == task.task_id
+            holder.held.remove(task.task_id)
+            if was_head and holder.held and now is not None:
+                self._renew_lease(self._tasks[holder.held[0]], now)
         return holder
 
     def _commit(self, task: _Task, event: TaskResult, out: list[Instruction]) -> None:
@@ -2014,7 +2123,7 @@ class JobTaskState:
         late = task.state is TaskState.QUEUED
         if late:
             job.queue.remove(task.task_id)
-        holder = self._free_holder(task)
+        holder = self._free_holder(task, event.now)
         task.result_ref = event.result_ref
         self._counters.results_committed += 1
         out.append(
@@ -2029,9 +2138,7 @@ class JobTaskState:
         )
         self._set_task_state(task, TaskState.COMPLETED, reason, event.now, out)
         if holder is not None:
-            self._set_worker_state(
-                holder, WorkerState.CONNECTED, f"finished {task.task_id}", event.now, out
-            )
+            self._after_release(holder, f"finished {task.task_id}", event.now, out)
         self._after_task_change(job, event.now, out)
 
     def _fail_task(
@@ -2041,7 +2148,7 @@ class JobTaskState:
         self._check_task(task, TaskState.FAILED)
         if task.state is TaskState.QUEUED:
             self._jobs[task.job_id].queue.remove(task.task_id)
-        holder = self._free_holder(task)
+        holder = self._free_holder(task, now)
         task.failures += 1
         task.evidence.append(record)
         self._counters.tasks_failed += 1
@@ -2060,7 +2167,7 @@ class JobTaskState:
                 task, record, f"{task.failures + 1} attempts lost; last: {record.reason}", now, out
             )
         self._check_task(task, TaskState.QUEUED)
-        holder = self._free_holder(task)
+        holder = self._free_holder(task, now)
         task.failures += 1
         task.evidence.append(record)
         self._counters.requeues += 1
@@ -2084,6 +2191,7 @@ class JobTaskState:
             task.attempt, worker.worker_id, worker.host, FailureKind.LEASE_EXPIRED, reason, now
         )
         attempt = task.attempt
+        self._release_unstarted(worker, f"its worker lost the lease of {task.task_id}", now, out)
         self._lose_attempt(task, record, now, out)
         out.append(CancelTask(worker.worker_id, task.task_id, attempt))
         self._stop_worker(worker, reason, now, out)
@@ -2110,6 +2218,7 @@ class JobTaskState:
         settle: bool = True,
     ) -> None:
         job = self._jobs[worker.job_id]
+        self._release_unstarted(worker, reason, now, out, cancel=False)
         task = self._tasks[worker.task_id] if worker.task_id is not None else None
         self._counters.worker_deaths += 1
         job.last_worker_loss = f"worker {worker.worker_id} on {worker.host}: {reason}"
@@ -2130,6 +2239,55 @@ class JobTaskState:
             out.append(StopWorker(worker.worker_id, f"declared dead: {reason}"))
         if settle:
             self._after_task_change(job, now, out)
+
+    def _release_unstarted(
+        self,
+        worker: _Worker,
+        reason: str,
+        now: float,
+        out: list[Instruction],
+        *,
+        cancel: bool = True,
+        keep: int = 1,
+    ) -> None:
+        """Re-queue the prefetched attempts of ``worker`` that never started.
+
+        ``keep`` of its oldest attempts stay with it (at least the running one).
+
+        Only the oldest attempt a worker holds can be running (it runs them in
+        order); the others never started, so losing them is not counted against
+        their task (no evidence, no step towards ``max_task_failures``). They
+        go back to the front of the queue in their order; ``cancel`` tells a
+        worker that is still there to drop them.
+        """
+        job = self._jobs[worker.job_id]
+        for task_id in reversed(worker.held[max(1, keep) :]):
+            task = self._tasks[task_id]
+            self._check_task(task, TaskState.QUEUED)
+            attempt = task.attempt
+            self._free_holder(task)
+            # Withdrawn as if never given: the next assignment gets the same number.
+            task.attempt -= 1
+            task.last_worker_id = task.prev_worker_id
+            self._counters.requeues += 1
+            job.queue.appendleft(task_id)
+            self._set_task_state(
+                task,
+                TaskState.QUEUED,
+                f"attempt {attempt} never started ({reason}); withdrawn, not counted",
+                now,
+                out,
+            )
+            if cancel:
+                out.append(CancelTask(worker.worker_id, task_id, attempt))
+
+    def _feed_waiting(self, job: _Job, now: float, out: list[Instruction]) -> None:
+        """Give queued work to waiting workers: one each, the last one topped up."""
+        while job.waiting and job.queue:
+            worker = self._workers[next(iter(job.waiting))]
+            self._assign(job.queue[0], worker, now, out)
+            if not job.waiting:  # one each first; only the last is given more
+                self._top_up(worker, now, out)
 
     def _stop_idle_workers(
         self, job: _Job, reason: str, now: float, out: list[Instruction]
@@ -2173,8 +2331,7 @@ class JobTaskState:
         """Hand out queued work, keep workers up, move the plan on."""
         if job.ended():
             return
-        while job.queue and job.waiting:
-            self._assign(job.queue[0], self._workers[next(iter(job.waiting))], now, out)
+        self._feed_waiting(job, now, out)
         if not job.queue and job.plan_finished:
             self._stop_idle_workers(job, "no more work for this job", now, out)
         self._ensure_workers(job, now, out)
@@ -2226,7 +2383,7 @@ class JobTaskState:
                 continue
             self._check_task(task, TaskState.CANCELLED)
             attempt = task.attempt
-            holder = self._free_holder(task)
+            holder = self._free_holder(task, now)
             self._set_task_state(task, TaskState.CANCELLED, f"job {new}: {reason}", now, out)
             if holder is not None:
                 out.append(CancelTask(holder.worker_id, task_id, attempt))

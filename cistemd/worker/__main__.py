@@ -5,7 +5,7 @@ Command line (the daemon builds it with
 
     python -m cistemd.worker --connect ENDPOINT --job-id JOB_ID --worker-id WORKER_ID
         --threads N --heartbeat-interval SECONDS --death-timeout SECONDS
-        [--credentials-file PATH] [--log-file PATH]
+        [--prefetch K] [--credentials-file PATH] [--log-file PATH]
 
 Keys never appear here: ``--credentials-file`` names a 0600 file that holds
 them. The exit codes are listed in :mod:`cistemd.worker.process`.
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from cistemd.worker.process import (
+    MAX_PREFETCH,
     CredentialsError,
     CurveCredentials,
     ExitCode,
@@ -35,6 +36,9 @@ from cistemd.worker.process import (
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("cistemd.worker")
+
+DEFAULT_PREFETCH = 64
+"""Tasks a worker started from the command line may hold at once (see ``--prefetch``)."""
 
 # Environment variables that size the thread pools of numpy's BLAS, OpenMP and numba;
 # set before any of them is imported so that N copies × T threads fit the machine.
@@ -99,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="SECONDS",
         help="exit after this long without a word from the daemon (default 60)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=_positive_int,
+        default=DEFAULT_PREFETCH,
+        metavar="K",
+        help=f"hold up to K tasks at once, 1..{MAX_PREFETCH}; the daemon adapts how many "
+        f"to the task time (default {DEFAULT_PREFETCH})",
     )
     parser.add_argument(
         "--credentials-file",
@@ -171,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_interval_s=args.heartbeat_interval,
             death_timeout_s=args.death_timeout,
             credentials=credentials,
+            prefetch=args.prefetch,
         )
     except ValueError as exc:
         logger.error("bad command line: %s", exc)

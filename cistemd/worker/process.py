@@ -17,6 +17,22 @@ Two threads share the work, and only one of them touches ZeroMQ:
   wants the main thread. It gets assignments from a queue and hands outcomes
   back through a mailbox that wakes the link thread through a pipe.
 
+Prefetch
+--------
+With ``WorkerConfig.prefetch`` K > 1 (``--prefetch``, 64 from the command
+line) the hello says K and the worker asks for work only after (re)connecting:
+the daemon sends up to K assignments ahead (as many as its measure of the
+task time says are worth holding) and tops the worker up as outcomes arrive,
+so no task waits a round trip. Held attempts run in the order received; the
+oldest is the running one, which heartbeats name. A ``task_cancel`` of a held
+attempt that has not started drops it (no outcome is sent); stopping drops
+every one not started; a reconnection drops them too (a daemon that still
+counts them as this worker's sends them again, a restarted one re-queued
+them). An assignment of an attempt held, or finished with its outcome still
+kept for re-sending, is a re-delivery and is ignored. With K = 1 the worker
+holds one attempt, sends ``task_request`` after each outcome and answers an
+assignment while busy with ``worker_busy``.
+
 Conversation (protocol messages in :mod:`cistemd.protocol`)
 -----------------------------------------------------------
 ::
@@ -26,9 +42,11 @@ Conversation (protocol messages in :mod:`cistemd.protocol`)
                   <------------------------- worker_welcome {heartbeat_interval_s, liveness}
     task_request  ------------------------->
                   <------------------------- task_assign {task_id, attempt, action, parameters}
+                  <------------------------- (more task_assign ahead, with prefetch)
     task_progress ------------------------->             (≤ 5 per second, latest wins)
     task_result | task_error -------------->
-    task_request  ------------------------->             ... and so on
+    task_request  ------------------------->             ... and so on (without prefetch;
+                                                          with it, the daemon tops up)
     heartbeat     <------------------------> heartbeat   (every interval, both ways;
                                                           names the running task)
                   <------------------------- task_cancel  -> the task stops, no outcome sent
@@ -97,6 +115,7 @@ from cistemd.worker.exit_codes import ExitCode, exit_code_for_signal
 
 __all__ = [
     "CANCEL_GRACE_SECONDS",
+    "MAX_PREFETCH",
     "PROGRESS_INTERVAL_SECONDS",
     "CredentialsError",
     "CurveCredentials",
@@ -115,7 +134,10 @@ CANCEL_GRACE_SECONDS: Final = 1.0
 PROGRESS_INTERVAL_SECONDS: Final = 0.2
 """Least time between two ``task_progress`` messages (at most 5 per second)."""
 
-_UNCONFIRMED_KEPT: Final = 32  # outcomes kept for re-sending after a reconnection
+MAX_PREFETCH: Final = 64
+"""Most attempts a worker may hold at once (the protocol's bound too)."""
+
+_UNCONFIRMED_KEPT: Final = MAX_PREFETCH  # outcomes kept for re-sending after a reconnection
 _RECV_BATCH: Final = 256  # messages read per wake-up before timers are looked at again
 _BYE_LINGER_MS: Final = 500  # how long a closing socket may try to deliver worker_bye
 _TRACEBACK_MAX: Final = 4096
@@ -288,6 +310,11 @@ class WorkerConfig:
         How long a cancelled task may take to return.
     progress_interval_s
         Least time between two progress messages.
+    prefetch
+        Attempts this worker may hold at once (1 to :data:`MAX_PREFETCH`): it
+        says so in its hello, runs what it holds in the order received, and
+        does not ask for each task (the daemon tops it up). 1 = one task at a
+        time, one ``task_request`` each.
 
     Raises
     ------
@@ -307,6 +334,7 @@ class WorkerConfig:
     reconnect_max_s: float = 32.0
     cancel_grace_s: float = CANCEL_GRACE_SECONDS
     progress_interval_s: float = PROGRESS_INTERVAL_SECONDS
+    prefetch: int = 1
 
     def __post_init__(self) -> None:
         if not self.endpoint.startswith(("ipc://", "tcp://")):
@@ -328,6 +356,8 @@ class WorkerConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.progress_interval_s < 0:
             raise ValueError(f"progress_interval_s must be ≥ 0, got {self.progress_interval_s}")
+        if not 1 <= self.prefetch <= MAX_PREFETCH:
+            raise ValueError(f"prefetch must be in 1..{MAX_PREFETCH}, got {self.prefetch}")
 
 
 def _check_id(value: str, name: str, *, empty_ok: bool) -> None:
@@ -367,6 +397,7 @@ class _Outcome:
     result: dict[str, Any] | None = None
     reason: str = ""
     traceback: str = ""
+    skipped: bool = False  # cancelled before it started: nothing ran, nothing to send
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,12 +412,16 @@ class _Mailbox:
 
     Posting writes a byte to a pipe that the link thread polls, so it wakes
     at once; a full pipe already means "wake up", so the byte may be dropped.
+    Only the first post after the link thread last looked writes a byte: the
+    rest would wake it for what it is about to take anyway (a pipe write is a
+    system call and a hand-over of the GIL, per task).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._outcomes: deque[_Outcome] = deque()
         self._progress: tuple[str, int, float, str] | None = None
+        self._woken = False  # a byte was written since the link thread last looked
         self.read_fd, self._write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self._write_fd, False)
@@ -398,13 +433,16 @@ class _Mailbox:
     def post_outcome(self, outcome: _Outcome) -> None:
         with self._lock:
             self._outcomes.append(outcome)
-        self._wake()
+            wake, self._woken = not self._woken, True
+        if wake:
+            self._wake()
 
     def set_progress(self, task_id: str, attempt: int, fraction: float, message: str) -> None:
         with self._lock:
-            was_empty = self._progress is None
+            wake = self._progress is None and not self._woken
             self._progress = (task_id, attempt, fraction, message)
-        if was_empty:
+            self._woken = self._woken or wake
+        if wake:
             self._wake()
 
     def take_outcomes(self) -> list[_Outcome]:
@@ -412,6 +450,7 @@ class _Mailbox:
             while os.read(self.read_fd, 4096):
                 pass
         with self._lock:
+            self._woken = False
             outcomes = list(self._outcomes)
             self._outcomes.clear()
         return outcomes
@@ -466,12 +505,20 @@ class _Link(threading.Thread):
         self._next_heartbeat = now
         self._reconnect_at: float | None = now
         self._hello_id = ""
-        self._current: _Assignment | None = None
+        # Attempts held, in the order received = the order the main thread runs them:
+        # the first is running (or about to). An attempt leaves when its outcome comes.
+        self._held: dict[tuple[str, int], _Assignment] = {}
         self._cancel_deadline: float | None = None
         self._stopping: tuple[int, str, bool] | None = None  # (code, reason, say bye)
-        self._unconfirmed: deque[bytes] = deque(maxlen=_UNCONFIRMED_KEPT)  # outcome frames
+        # Outcome frames sent and not known to have arrived, by attempt, oldest first.
+        self._unconfirmed: dict[tuple[str, int], bytes] = {}
         self._next_progress = now
         self._done = False
+
+    @property
+    def _current(self) -> _Assignment | None:
+        """The running attempt: the oldest held."""
+        return next(iter(self._held.values()), None)
 
     # ----------------------------------------------------------------- main loop
 
@@ -565,6 +612,9 @@ class _Link(threading.Thread):
         self._silence_deadline = now + self._interval * self._liveness
         self._next_heartbeat = now + self._interval
         current = self._current
+        # Prefetched attempts not started yet are dropped: a daemon that still
+        # counts them as ours sends them again; a restarted one re-queued them.
+        self._drop_prefetched("reconnecting")
         hello = protocol.new_message(
             "worker_hello",
             {
@@ -574,6 +624,7 @@ class _Link(threading.Thread):
                 "pid": os.getpid(),
                 "protocol_version": protocol.PROTOCOL_VERSION,
                 "threads": self.config.threads,
+                "prefetch": self.config.prefetch,
             },
             sender=self._sender,
         )
@@ -588,7 +639,7 @@ class _Link(threading.Thread):
                     sender=self._sender,
                 )
             )
-        for frame in self._unconfirmed:
+        for frame in self._unconfirmed.values():
             self._send_frame(frame, "task outcome")
         if current is None and self._stopping is None:
             self._send(protocol.new_message("task_request", sender=self._sender))
@@ -685,24 +736,21 @@ class _Link(threading.Thread):
         elif kind == "task_assign":
             self._on_assign(message)
         elif kind == "task_cancel":
-            current = self._current
-            if current is None or (current.task_id, current.attempt) != (
-                content["task_id"],
-                content["attempt"],
-            ):
+            key = (content["task_id"], content["attempt"])
+            held = self._held.get(key)
+            if held is None:
                 logger.info(
-                    "cancel of task %s attempt %d, which is not running here; ignored",
-                    content["task_id"],
-                    content["attempt"],
+                    "cancel of task %s attempt %d, which is not held here; ignored", *key
                 )
                 return
             logger.info(
-                "cancelling task %s attempt %d: %s",
-                current.task_id,
-                current.attempt,
-                content["reason"] or "no reason given",
+                "cancelling task %s attempt %d: %s", *key, content["reason"] or "no reason given"
             )
-            self._cancel_current()
+            if held is self._current:
+                self._cancel_current()
+            else:  # not started: the main thread skips it
+                held.cancelled.set()
+                del self._held[key]
         elif kind == "worker_shutdown":
             logger.info("the daemon asks this worker to stop: %s", content["reason"])
             self._begin_stop(ExitCode.OK, "shutdown requested", bye=True)
@@ -721,9 +769,19 @@ class _Link(threading.Thread):
         if self._stopping is not None:
             logger.info("ignored task %s attempt %d: this worker is stopping", task_id, attempt)
             return
+        key = (task_id, attempt)
+        if key in self._held or key in self._unconfirmed:
+            return  # a re-delivery of what is held or was done (its outcome is kept)
+        if self.config.prefetch > 1:
+            if len(self._held) >= self.config.prefetch:
+                logger.warning(
+                    "task %s attempt %d is beyond the %d this worker holds; it runs anyway",
+                    task_id,
+                    attempt,
+                    self.config.prefetch,
+                )
+            current = None
         if current is not None:
-            if (current.task_id, current.attempt) == (task_id, attempt):
-                return  # a re-delivery of what is already running
             self._send(
                 protocol.error_message(
                     "worker_busy",
@@ -734,16 +792,18 @@ class _Link(threading.Thread):
                 )
             )
             return
-        # The daemon answered a request sent after every outcome we hold: all were received.
-        self._unconfirmed.clear()
+        if self.config.prefetch == 1:
+            # The daemon answered a request sent after every outcome we hold: all arrived.
+            self._unconfirmed.clear()
         assignment = _Assignment(
             task_id=task_id,
             attempt=attempt,
             action=content["action"],
             parameters=content["parameters"],
         )
-        self._current = assignment
-        self._next_progress = time.monotonic()
+        if not self._held:
+            self._next_progress = time.monotonic()
+        self._held[key] = assignment
         self.inbox.put(assignment)
 
     # ----------------------------------------------------------------- task outcomes
@@ -779,26 +839,30 @@ class _Link(threading.Thread):
         self._next_progress = now + self.config.progress_interval_s
 
     def _on_outcome(self, outcome: _Outcome) -> None:
-        current = self._current
-        if current is None or (current.task_id, current.attempt) != (
-            outcome.task_id,
-            outcome.attempt,
-        ):  # cannot happen: the main thread runs only what it was handed
-            logger.error("an outcome for task %s that is not running", outcome.task_id)
+        key = (outcome.task_id, outcome.attempt)
+        held = self._held.get(key)
+        if outcome.skipped and (held is None or not held.cancelled.is_set()):
+            return  # dropped before it started (it left ``_held`` then), maybe sent again
+        current = self._held.pop(key, None)
+        if current is None:  # cannot happen: the main thread runs only what it was handed
+            logger.error("an outcome for task %s that is not held", outcome.task_id)
             return
-        self._current = None
         self._cancel_deadline = None
         self.mailbox.take_progress()  # progress of a task that ended is no news
+        self._next_progress = time.monotonic()
         if current.cancelled.is_set():
             logger.info("task %s attempt %d stopped after cancel", current.task_id, current.attempt)
         else:
             frame = self._outcome_frame(outcome)
-            self._unconfirmed.append(frame)
+            self._unconfirmed[key] = frame
+            if len(self._unconfirmed) > _UNCONFIRMED_KEPT:
+                del self._unconfirmed[next(iter(self._unconfirmed))]
             self._send_frame(frame, "task outcome")
         if self._stopping is not None:
-            code, reason, bye = self._stopping
-            self._finish(code, reason, bye=bye, forced=False)
-        else:
+            if not self._held:
+                code, reason, bye = self._stopping
+                self._finish(code, reason, bye=bye, forced=False)
+        elif self.config.prefetch == 1:
             self._send(protocol.new_message("task_request", sender=self._sender))
 
     def _outcome_frame(self, outcome: _Outcome) -> bytes:
@@ -848,11 +912,18 @@ class _Link(threading.Thread):
         current.cancelled.set()
         self._cancel_deadline = time.monotonic() + self.config.cancel_grace_s
 
+    def _drop_prefetched(self, why: str) -> None:
+        """Let go of the held attempts that have not started (all but the oldest)."""
+        for key in list(self._held)[1:]:
+            logger.debug("dropping task %s attempt %d (%s)", *key, why)
+            self._held.pop(key).cancelled.set()
+
     def _begin_stop(self, code: int, reason: str, *, bye: bool) -> None:
         if self._stopping is not None:
             return
         self._stopping = (code, reason, bye)
         self._reconnect_at = None  # a worker that is stopping does not come back
+        self._drop_prefetched("stopping")
         if self._current is None:
             self._finish(code, reason, bye=bye, forced=False)
         else:
@@ -948,6 +1019,7 @@ class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self._actions: dict[str, Action] = {}
+        self._scratch_made: set[Path] = set()  # scratch directories made (or found) already
 
     def run(self, *, signal_fd: int | None = None) -> int:
         """Serve the daemon until told to stop, and return the exit code.
@@ -979,6 +1051,11 @@ class Worker:
                     return link.exit_code  # the link died without a word: a bug, logged there
                 if isinstance(item, _Stop):
                     return item.code
+                if item.cancelled.is_set():  # dropped or cancelled before it started
+                    mailbox.post_outcome(
+                        _Outcome(item.task_id, item.attempt, 0.0, skipped=True)
+                    )
+                    continue
                 mailbox.post_outcome(self._run_one(item, mailbox))
         finally:
             link.join()
@@ -1001,7 +1078,9 @@ class Worker:
         try:
             action = self._action(assignment.action)
             payload, scratch_dir = _split_parameters(assignment.parameters)
-            scratch_dir.mkdir(parents=True, exist_ok=True)
+            if scratch_dir not in self._scratch_made or not scratch_dir.is_dir():
+                scratch_dir.mkdir(parents=True, exist_ok=True)
+                self._scratch_made.add(scratch_dir)
             context = TaskContext(
                 task_id=task_id,
                 attempt=attempt,

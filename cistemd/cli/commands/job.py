@@ -1,15 +1,22 @@
 """Show, follow or cancel one job of cistemd.
 
-  cistem job show ID [--json]           state, progress, tasks by state, parameters
+  cistem job show ID [--tasks N|all] [--json]
+                                        state, progress, tasks by state, parameters,
+                                        and the first N tasks (default 100) with their
+                                        state, attempt, worker host and failure evidence
   cistem job log ID [--follow] [--json] the job's story: state changes, worker
                                         losses, failures with their evidence, progress
   cistem job cancel ID [--json]         stop every task of the job (within 2 s) and
                                         its workers
 
 ``--json`` output of ``show`` and ``cancel`` is the job record: ``"state"`` is
-one of queued, running, completed, failed, cancelled; ``"tasks"`` counts the
-tasks in each state (queued, assigned, running, completed, failed, cancelled).
-``log --json`` prints one event per line.
+one of queued, running, completed, failed, cancelled; ``"task_counts"`` counts
+the tasks in each state (queued, assigned, running, completed, failed,
+cancelled). ``show --json`` adds ``"tasks"``: a list of per-task records
+``{task_id, key, stage, label, state, attempt, failures, worker_id, host,
+reason, evidence}`` in stage order -- the first ``--tasks`` of them (default
+100; ``all`` for every one, paged from the daemon), with ``"tasks_total"``;
+``--tasks 0`` leaves the list empty. ``log --json`` prints one event per line.
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="job_command", metavar="SUBCOMMAND", required=True)
     show = sub.add_parser("show", help="describe a job")
     show.add_argument("job_id", metavar="ID")
+    show.add_argument(
+        "--tasks",
+        default="100",
+        metavar="N",
+        help="list the first N tasks (default 100; 'all' for every one)",
+    )
     show.add_argument("--json", action="store_true", help="print the job record as JSON")
     log = sub.add_parser("log", help="print a job's events")
     log.add_argument("job_id", metavar="ID")
@@ -51,7 +64,10 @@ def format_job(record: Mapping[str, Any]) -> str:
     -------
     str
     """
-    tasks = ", ".join(f"{k} {v}" for k, v in sorted(record.get("tasks", {}).items())) or "none"
+    counts = record.get("task_counts", record.get("tasks", {}))
+    if not isinstance(counts, Mapping):
+        counts = {}
+    tasks = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
     parameters = " ".join(
         f"--{key.replace('_', '-')} {value}" for key, value in record.get("parameters", {}).items()
     )
@@ -66,7 +82,45 @@ def format_job(record: Mapping[str, Any]) -> str:
     ]
     if record.get("message"):
         lines.append(f"  message     {record['message']}")
+    task_list = record.get("tasks")
+    if isinstance(task_list, list):
+        unfinished = [t for t in task_list if t["state"] != "completed"]
+        for task in unfinished[:20]:
+            where = f" on {task['host']}" if task["host"] else ""
+            reason = f": {task['reason']}" if task["reason"] else ""
+            lines.append(
+                f"  task {task['key']:<14} {task['state']:<9} attempt {task['attempt']}"
+                f"{where}{reason}"
+            )
+        if len(unfinished) > 20:
+            lines.append(f"  ({len(unfinished) - 20} more unfinished tasks; --json)")
     return "\n".join(lines)
+
+
+def task_limit(text: str) -> int | None:
+    """Parse ``--tasks``: a count ≥ 0, or ``all`` (None)."""
+    from cistemd.errors import InvalidInputError
+
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidInputError(f"--tasks: expected a count ≥ 0 or 'all', got {text!r}")
+    return value
+
+
+def with_tasks(client: Any, record: Mapping[str, Any], limit: int | None) -> dict[str, Any]:
+    """Return ``record`` with ``task_counts`` and the first ``limit`` per-task records."""
+    out = dict(record)
+    out["task_counts"] = out.pop("tasks", {})
+    if limit == 0:
+        out["tasks"], out["tasks_total"] = [], sum(out["task_counts"].values())
+    else:
+        out["tasks"], out["tasks_total"] = client.job_tasks(record["job_id"], limit=limit)
+    return out
 
 
 def format_event(event: Mapping[str, Any]) -> str:
@@ -109,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Client() as client:
             if args.job_command == "show":
-                record = client.job(args.job_id)
+                limit = task_limit(args.tasks)
+                record = with_tasks(client, client.job(args.job_id), limit)
                 print(json.dumps(record, indent=2) if args.json else format_job(record))
                 return 0
             if args.job_command == "cancel":
