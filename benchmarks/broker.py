@@ -49,6 +49,8 @@ from cistemd import protocol
 from cistemd.client import Client, ClientError
 from cistemd.manager.home import CistemHome
 
+NOOP = {"sleep": 0, "work": "noop"}  # a task that does nothing: the broker alone is timed
+
 
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
@@ -175,12 +177,12 @@ def reference_rate(root: Path, messages: int) -> float:
 
 def real_workers(client: Client, project: Path, tasks: int, reference: float) -> None:
     started = time.monotonic()
-    job_id = client.submit(project, "selftest", {"tasks": tasks, "sleep": 0}, profile="local:2")
+    job_id = client.submit(project, "selftest", NOOP | {"tasks": tasks}, profile="local:2")
     record = client.wait_for_job(job_id, timeout=3600, interval=0.5)
     wall = time.monotonic() - started
     count, rate = recorded_rate(project, job_id)
     print(
-        f"[1] real workers (2 × selftest, sleep 0): {count} tasks {record['state']}, "
+        f"[1] real workers (2 × selftest, work noop): {count} tasks {record['state']}, "
         f"{rate:,.0f} tasks/s between first and last result = {rate / reference:.2f} × "
         f"reference ({wall:.1f} s from submit to end)"
     )
@@ -263,7 +265,7 @@ def protocol_workers(
             }
         )
     )
-    job_id = client.submit(project, "selftest", {"tasks": tasks, "sleep": 0}, profile="idle")
+    job_id = client.submit(project, "selftest", NOOP | {"tasks": tasks}, profile="idle")
     spawn = multiprocessing.get_context("spawn")
     with spawn.Pool(2) as pool:
         started = time.perf_counter()
@@ -285,7 +287,7 @@ def protocol_workers(
 
 def replies_under_load(client: Client, project: Path, tasks: int) -> None:
     started = time.monotonic()
-    job_id = client.submit(project, "selftest", {"tasks": tasks, "sleep": 0}, profile="local:2")
+    job_id = client.submit(project, "selftest", NOOP | {"tasks": tasks}, profile="local:2")
     submitted = time.monotonic() - started
     timings: dict[str, list[float]] = {"ping": [], "job_show": [], "status": []}
     calls = {

@@ -97,6 +97,13 @@ def test_a_task_writes_its_attempt_file_reports_progress_and_returns(tmp_path):
     assert len(fractions) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
+def test_a_noop_task_returns_at_once_and_leaves_no_file(tmp_path):
+    task = stage(tasks=1, sleep=5.0, work="noop").tasks[0]
+    result = SelfTest().run_task(task.payload, context(tmp_path, attempt=1))
+    assert result["slept"] == 0.0 and result["task_index"] == 0  # the 5 s were not spent
+    assert not list((tmp_path / "Scratch").glob("selftest_task_*"))
+
+
 @pytest.mark.parametrize("work", ["sleep", "python", "numpy"])
 def test_a_cancelled_task_returns_at_once(tmp_path, work):
     cancelled = threading.Event()

@@ -50,7 +50,7 @@ __all__ = [
 CRASH_MODES: Final = ("exit", "sigkill", "segfault")
 """How a crashing task kills its worker."""
 
-WORK_MODES: Final = ("sleep", "python", "numpy")
+WORK_MODES: Final = ("sleep", "python", "numpy", "noop")
 """How a task spends its ``sleep`` seconds: idle, pure-Python CPU, numpy CPU."""
 
 CRASH_EXIT_CODE: Final = 13
@@ -167,7 +167,8 @@ class SelfTest(Action):
             "work",
             "str",
             "sleep",
-            "how a task spends its time: sleep, python (CPU), numpy (CPU)",
+            "how a task spends its time: sleep, python (CPU), numpy (CPU), "
+            "noop (no time and no trace file: measures the broker alone)",
             choices=WORK_MODES,
             expert=True,
         ),
@@ -308,11 +309,13 @@ class SelfTest(Action):
             "host": host,
             "started": datetime.now(UTC).isoformat(),
         }
-        (scratch / attempt_file_name(index, attempt)).write_text(json.dumps(record) + "\n")
-
-        slept, cancelled = _spend(
-            float(seconds), work, context.is_cancelled, context.report_progress
-        )
+        if work == "noop":
+            slept, cancelled = 0.0, False
+        else:
+            (scratch / attempt_file_name(index, attempt)).write_text(json.dumps(record) + "\n")
+            slept, cancelled = _spend(
+                float(seconds), work, context.is_cancelled, context.report_progress
+            )
         result: dict[str, JSONLike] = {
             "task_index": index,
             "attempt": attempt,
