@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cistemd.cli.main import main as cistem_main
 from cistemd.errors import InvalidInputError
 from cistemd.io import cistem_star, info, mrc, par, positions, relion_star, tiff
 from cistemd.io.parameters import ParticleParameters
@@ -113,13 +114,13 @@ def test_bad_files(tmp_path: Path, name: str, content: bytes, message: str) -> N
 
 
 def test_main_text_json_and_exit_status(files: dict[str, Path], tmp_path: Path, capsys) -> None:
-    assert info.main([str(files["mrc"]), str(files["tiff"])]) == 0
+    assert cistem_main(["info", str(files["mrc"]), str(files["tiff"])]) == 0
     out = capsys.readouterr().out
     assert "MRC mode 2 (float32), volume" in out and "TIFF, lzw compression" in out
 
     bad = tmp_path / "bad.mrc"
     bad.write_bytes(b"junk" * 300)
-    assert info.main([str(files["par"]), str(bad), "--json"]) == 2
+    assert cistem_main(["info", str(files["par"]), str(bad), "--json"]) == 2
     captured = capsys.readouterr()
     results = json.loads(captured.out)
     assert results[0]["format"] == "par" and "error" in results[1]
@@ -128,9 +129,9 @@ def test_main_text_json_and_exit_status(files: dict[str, Path], tmp_path: Path, 
     assert error_lines[0].startswith(f"cistem info: {bad}: not an MRC file")
 
 
-def test_module_runs_as_a_command(files: dict[str, Path]) -> None:
+def test_cistem_info_runs_as_a_command(files: dict[str, Path]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cistemd.io.info", "--json", str(files["positions"])],
+        [sys.executable, "-m", "cistemd.cli.main", "info", "--json", str(files["positions"])],
         capture_output=True, text=True, check=False, timeout=60,
     )
     assert result.returncode == 0, result.stderr

@@ -7,19 +7,16 @@ and returns a JSON-serialisable dict::
     {"path": ..., "format": "mrc" | "tiff" | "cistem_star" | "par" | "relion_star"
                            | "positions", ...format-specific fields}
 
-:func:`format_description` renders that dict as a few aligned lines, and
-:func:`main` is the command (``--json`` prints a JSON list for scripts; a bad
-file gives a one-line message on stderr and a non-zero exit status), in the
-spirit of IMOD's ``header``.
+:func:`format_description` renders that dict as a few aligned lines. The
+command itself is :mod:`cistemd.cli.commands.info` (``--json`` prints a JSON
+list for scripts; a bad file gives a one-line message on stderr and exit
+status 2), in the spirit of IMOD's ``header``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from typing import Any
 from cistemd.errors import InvalidInputError
 from cistemd.io._guard import PathLike, file_size, invalid_input_on_error, raise_invalid
 
-__all__ = ["FORMATS", "describe", "detect_format", "format_description", "main"]
+__all__ = ["FORMATS", "describe", "detect_format", "format_description"]
 
 #: Format names :func:`describe` reports.
 FORMATS = ("mrc", "tiff", "cistem_star", "par", "relion_star", "positions")
@@ -388,43 +385,3 @@ def format_description(info: dict[str, Any]) -> str:
     width = max((len(name) for name, _ in rows), default=0)
     return "\n".join([str(info.get("path", ""))] + [f"  {name.ljust(width)}  {value}"
                                                     for name, value in rows])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``cistem info FILE… [--json]``; return the exit status.
-
-    Every file is described; a bad one prints ``cistem info: <path>: <reason>``
-    on stderr (one line) and makes the status 2 (the ``cistem`` convention for
-    bad input). With ``--json`` the output is
-    a JSON list with one object per file (``{"path", "error"}`` for bad ones).
-    """
-    parser = argparse.ArgumentParser(
-        prog="cistem info",
-        description="Describe MRC, TIFF, cisTEM/RELION star, .par and particle-position files.",
-    )
-    parser.add_argument("files", nargs="+", metavar="FILE")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-    arguments = parser.parse_args(argv)
-    status = 0
-    results = []
-    for index, name in enumerate(arguments.files):
-        try:
-            info = describe(name)
-        except InvalidInputError as error:
-            status = 2
-            message = " ".join(str(error).split())
-            print(f"cistem info: {message}", file=sys.stderr)
-            results.append({"path": name, "error": message})
-            continue
-        results.append(info)
-        if not arguments.json:
-            if index:
-                print()
-            print(format_description(info))
-    if arguments.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False))
-    return status
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -38,13 +38,16 @@ def run(args: argparse.Namespace) -> int:
         try:
             description = info.describe(path)
         except InvalidInputError as error:
-            print(f"cistem info: {error}", file=sys.stderr)
-            results.append({"path": str(path), "error": str(error)})
+            message = " ".join(str(error).split())  # one line, whatever the reader said
+            print(f"cistem info: {message}", file=sys.stderr)
+            results.append({"path": str(path), "error": message})
             status = 2
             continue
         results.append(description)
         if not args.json:
+            if len(results) > 1:
+                print()
             print(info.format_description(description))
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False))
     return status
