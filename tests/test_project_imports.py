@@ -224,8 +224,10 @@ def test_import_volumes(project: Project, tmp_path: Path) -> None:
     elongated = tmp_path / "long.mrc"
     mrc.write(elongated, np.zeros((8, 16, 16), np.float32), voxel_size_angstroms=2.5,
               kind="volume")
-    ids = project.import_volumes([synthetic, elongated])
+    # a file named twice in one import goes in once, with a note
+    ids = project.import_volumes([synthetic, elongated, tmp_path / "." / "cube.mrc"])
     assert [first, *ids] == [1, 2, 3]
+    assert sum("already in the project" in w for w in project.last_warnings) == 1
     rows = project.volumes()
     assert [(r["pixel_size"], r["x_size"], r["y_size"], r["z_size"]) for r in rows] == [
         (5.0, 65, 65, 65), (2.5, 16, 16, 16), (2.5, 16, 16, 8)]

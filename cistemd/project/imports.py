@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,26 @@ def _invalid(message: str) -> ProjectError:
 def absolute_path(path: str | os.PathLike[str]) -> str:
     """Absolute, normalised path as stored in the database (symlinks kept)."""
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def _paths_to_import(
+    paths: Iterable[str | os.PathLike[str]],
+    existing_filenames: Iterable[str],
+    warnings: list[str],
+) -> Iterator[str]:
+    """Yield each path as stored (absolute), skipping files already in the project.
+
+    A skipped file gets a warning, as cisTEM's import dialogs do; a path given
+    twice in one import is imported once.
+    """
+    seen = set(existing_filenames)
+    for given in paths:
+        path = absolute_path(given)
+        if path in seen:
+            warnings.append(f"{path} is already in the project; skipped")
+            continue
+        yield path
+        seen.add(path)
 
 
 def _require_file(path: str, what: str) -> None:
@@ -283,13 +303,8 @@ def prepare_movies(
     if parameters.dark_filename:
         dark = absolute_path(parameters.dark_filename)
         references.append((dark, _reference_dimensions(dark, "dark"), "dark"))
-    seen = set(existing_filenames)
     noted: set[str] = set()
-    for given in paths:
-        path = absolute_path(given)
-        if path in seen:
-            result.warnings.append(f"{path} is already in the project; skipped")
-            continue
+    for path in _paths_to_import(paths, existing_filenames, result.warnings):
         _require_file(path, "the movie")
         try:
             header = read_movie_header(path)
@@ -314,7 +329,6 @@ def prepare_movies(
             )
             if note:
                 result.warnings.append(note)
-        seen.add(path)
         result.rows.append(
             {
                 "NAME": Path(path).stem,
@@ -404,12 +418,7 @@ def prepare_images(
 ) -> PreparedImport:
     """Read image headers and build ``IMAGE_ASSETS`` rows (duplicates skipped, with a warning)."""
     result = PreparedImport(warnings=parameters.check())
-    seen = set(existing_filenames)
-    for given in paths:
-        path = absolute_path(given)
-        if path in seen:
-            result.warnings.append(f"{path} is already in the project; skipped")
-            continue
+    for path in _paths_to_import(paths, existing_filenames, result.warnings):
         nx, ny, header_pixel = image_dimensions(path)
         if header_pixel and not math.isclose(
             header_pixel, parameters.pixel_size_angstroms, rel_tol=0.01
@@ -418,7 +427,6 @@ def prepare_images(
                 f"{path}: its header says {header_pixel:g} Å/pixel; using the "
                 f"{parameters.pixel_size_angstroms:g} Å/pixel given"
             )
-        seen.add(path)
         result.rows.append(
             {
                 "NAME": Path(path).stem,
@@ -463,12 +471,7 @@ def prepare_volumes(
     result = PreparedImport()
     if pixel_size_angstroms is not None:
         _positive("pixel_size_angstroms", pixel_size_angstroms)
-    seen = set(existing_filenames)
-    for given in paths:
-        path = absolute_path(given)
-        if path in seen:
-            result.warnings.append(f"{path} is already in the project; skipped")
-            continue
+    for path in _paths_to_import(paths, existing_filenames, result.warnings):
         _require_file(path, "the volume")
         try:
             header = read_header(path)
@@ -498,7 +501,6 @@ def prepare_volumes(
                     f"{path}: its header says {header_pixel:g} Å/voxel; using the {pixel:g} "
                     "Å/voxel given"
                 )
-        seen.add(path)
         result.rows.append(
             {
                 "NAME": Path(path).stem,
