@@ -797,6 +797,40 @@ def test_job_fails_when_no_worker_can_be_launched() -> None:
     sm2.check_invariants()
 
 
+def test_replacing_idle_stopped_workers_does_not_spend_the_restart_budget() -> None:
+    # Regression (seen in CI with a poison task): a crashed prefetching worker's
+    # withdrawn tasks need two workers again while the other one was already
+    # stopped as idle. Only the two losses count, not the six launches.
+    sm = JobTaskState(StateConfig(worker_restarts_allowed=1))
+    start(sm, "J", ["t0", "t1", "t2", "t3"], n_workers=2)
+    sm.handle(WorkerConnected("w1", "J", "h1", now=0.0, prefetch=4))
+    sm.handle(WorkerReady("w1", now=0.0))
+    sm.handle(WorkerConnected("w2", "J", "h2", now=0.0))
+    sm.handle(WorkerReady("w2", now=0.0))
+    assert assigned(sm.handle(TaskResult("w1", "t0", 1, "r", now=0.1, elapsed_s=0.001))) == [
+        ("w1", "t2", 1), ("w1", "t3", 1)]
+    sm.handle(TaskResult("w2", "t1", 1, "r", now=0.1, elapsed_s=0.001))
+    assert actions(sm.handle(WorkerReady("w2", now=0.1))) == [
+        StopWorker("w2", "no more work for this job")]
+    assert only(sm.handle(WorkerDied("w1", now=0.2)), LaunchWorkers)[0].n == 2
+    sm.handle(WorkerConnected("w3", "J", "h3", now=0.3, prefetch=4))
+    sm.handle(WorkerReady("w3", now=0.3))
+    sm.handle(WorkerConnected("w4", "J", "h4", now=0.3))
+    assert only(sm.handle(WorkerReady("w4", now=0.3)), StopWorker)  # idle again
+    out = sm.handle(WorkerDied("w3", now=0.4))
+    assert sm.job("J").state is JobState.RUNNING
+    assert only(out, LaunchWorkers)[0].n == 2
+    sm.handle(WorkerConnected("w5", "J", "h5", now=0.5))
+    out = sm.handle(WorkerReady("w5", now=0.5))
+    for now in (0.6, 0.7):
+        [(worker, task, attempt)] = assigned(out)
+        out = sm.handle(TaskResult(worker, task, attempt, "r", now=now, elapsed_s=0.001))
+        out += sm.handle(WorkerReady(worker, now=now))
+    assert sm.job("J").state is JobState.COMPLETED
+    assert [sm.task(t).failures for t in ("t2", "t3")] == [2, 0]
+    sm.check_invariants()
+
+
 # ------------------------------------------------------------------ restart
 
 

@@ -101,11 +101,13 @@ Decisions
   left"); its open tasks are cancelled.
 * **Workers per job.** A job wants ``min(n_workers, open tasks)`` workers. The
   machine emits :class:`LaunchWorkers` to keep live + outstanding launches at
-  that number -- at submit, when a larger stage arrives, after a loss -- within
-  a budget of ``n_workers * (1 + worker_restarts_allowed)`` launches per job
-  per daemon lifetime, so a worker that dies on start-up cannot loop forever.
-  Workers are stopped when their job ends, and idle workers as soon as the plan
-  has finished and nothing is queued.
+  that number -- at submit, when a larger stage arrives, after a loss. Only
+  *losses* (workers that died, failed launches) spend the budget of
+  ``n_workers * worker_restarts_allowed`` per job and daemon lifetime, so a
+  worker that dies on start-up cannot loop forever; replacing a worker that
+  was stopped because it was idle (work re-queued later, e.g. from a crashed
+  worker's prefetch) costs nothing. Workers are stopped when their job ends,
+  and idle workers as soon as the plan has finished and nothing is queued.
 * **Prefetch.** A worker that says hello with ``prefetch`` K > 1 may hold up
   to K attempts at once; it runs them in the order they were sent, so the
   oldest one it holds is the one running. How many it is given (its *depth*)
@@ -975,8 +977,8 @@ class StateConfig:
         Lease of an assignment, renewed by every message of the holder that
         names the attempt; ``None`` for no lease.
     worker_restarts_allowed
-        Per job and daemon lifetime, launches beyond ``n_workers`` allowed
-        per wanted worker (replacements of lost workers, failed launches).
+        Per job and daemon lifetime, worker losses (deaths, failed launches)
+        allowed per wanted worker; after that no replacement is launched.
     restart_grace_seconds
         After a daemon restart, seconds to wait for surviving workers to say
         hello before launching new ones (at a :class:`Tick`).
@@ -1060,6 +1062,8 @@ class _Job:
     live_workers: int = 0
     pending_launches: int = 0
     launched: int = 0
+    losses: int = 0  # workers lost (died, failed to launch): spends the restart budget
+    retired: int = 0  # workers stopped on purpose (idle, job ended)
     last_worker_loss: str = ""
     task_seconds: float | None = None  # running mean of the attempts' elapsed_s
 
@@ -1405,9 +1409,10 @@ class JobTaskState:
                 add(f"job {jid}: queued but a task was assigned")
             if job.pending_launches < 0:
                 add(f"job {jid}: negative pending launches")
-            budget = job.n_workers * (1 + self.config.worker_restarts_allowed)
-            if job.launched > budget:
-                add(f"job {jid}: launched {job.launched} > budget {budget}")
+            # Every launch beyond the first n_workers replaces a loss or a retired worker.
+            bound = job.n_workers + job.losses + job.retired
+            if job.launched > bound:
+                add(f"job {jid}: launched {job.launched} > {bound} (n + losses + retired)")
             members = [self._workers.get(wid) for wid in job.workers]
             live = [w.worker_id for w in members if w and w.state and w.state.live]
             waiting = [w.worker_id for w in members if w and w.state is WorkerState.WAITING]
@@ -1542,6 +1547,7 @@ class JobTaskState:
         if job.ended():
             return
         job.pending_launches -= min(max(event.n, 0), job.pending_launches)
+        job.losses += max(event.n, 0)
         job.last_worker_loss = f"launch failed: {event.reason}"
         self._ensure_workers(job, event.now, out)
 
@@ -1771,6 +1777,8 @@ class JobTaskState:
             job.live_workers = 0
             job.pending_launches = 0
             job.launched = 0
+            job.losses = 0
+            job.retired = 0
             job.plan_requested = False
             if job.ended():
                 continue
@@ -2203,6 +2211,7 @@ class JobTaskState:
         self, worker: _Worker, reason: str, now: float, out: list[Instruction]
     ) -> None:
         self._set_worker_state(worker, WorkerState.STOPPING, reason, now, out)
+        self._jobs[worker.job_id].retired += 1
         out.append(StopWorker(worker.worker_id, reason))
 
     def _lose_worker(
@@ -2221,6 +2230,7 @@ class JobTaskState:
         self._release_unstarted(worker, reason, now, out, cancel=False)
         task = self._tasks[worker.task_id] if worker.task_id is not None else None
         self._counters.worker_deaths += 1
+        job.losses += 1
         job.last_worker_loss = f"worker {worker.worker_id} on {worker.host}: {reason}"
         if task is not None:
             record = FailureRecord(
@@ -2303,8 +2313,8 @@ class JobTaskState:
         have = job.live_workers + job.pending_launches
         if have >= wanted:
             return
-        budget = job.n_workers * (1 + self.config.worker_restarts_allowed) - job.launched
-        n = min(wanted - have, budget)
+        spent = job.losses > job.n_workers * self.config.worker_restarts_allowed
+        n = 0 if spent else wanted - have
         if n > 0:
             reason = (
                 "start"
