@@ -24,14 +24,19 @@ class ThreeStages(Action):
         Parameter("explode_at", "int", -1, "the plan raises after this round (-1: never)"),
     )
 
-    def start(self, parameters: Mapping[str, Any]) -> tuple[Any, Stage]:
+    def start(self, parameters: Mapping[str, Any], *, project: Any = None) -> tuple[Any, Stage]:
         tasks = tuple(
             TaskSpec(key=f"r0-{i}", payload={"value": 0}) for i in range(int(parameters["width"]))
         )
         return {"round": 0, "history": []}, Stage(tasks=tasks, label="round 0")
 
     def advance(
-        self, parameters: Mapping[str, Any], plan_state: Any, results: Mapping[str, Any]
+        self,
+        parameters: Mapping[str, Any],
+        plan_state: Any,
+        results: Mapping[str, Any],
+        *,
+        project: Any = None,
     ) -> tuple[Any, Stage | None]:
         round_ = int(plan_state["round"])
         if round_ == parameters["explode_at"]:

@@ -203,8 +203,17 @@ class Action:
                 result[parameter.name] = parameter.default
         return result
 
-    def start(self, parameters: Mapping[str, JSONLike]) -> tuple[JSONLike, Stage]:
-        """Return ``(plan_state, first_stage)`` for validated ``parameters``."""
+    def start(
+        self, parameters: Mapping[str, JSONLike], *, project: Any = None
+    ) -> tuple[JSONLike, Stage]:
+        """Return ``(plan_state, first_stage)`` for validated ``parameters``.
+
+        ``project`` is the open :class:`~cistemd.project.Project` the job runs
+        in (``None`` when an action is planned without one, e.g. in a unit
+        test). Planning may *read* it (which movies a group holds, an image's
+        active CTF) to build self-contained task payloads; writes belong in
+        :meth:`record`.
+        """
         raise NotImplementedError
 
     def advance(
@@ -212,12 +221,15 @@ class Action:
         parameters: Mapping[str, JSONLike],
         plan_state: JSONLike,
         results: Mapping[str, JSONLike],
+        *,
+        project: Any = None,
     ) -> tuple[JSONLike, Stage | None]:
         """Return the next ``(plan_state, stage)``, or a ``None`` stage when done.
 
         ``results`` maps each ended task's key to its committed result (tasks
         that failed are absent). Single-stage actions mark their stage
-        ``final`` and never get here.
+        ``final`` and never get here. ``project`` as for :meth:`start`; every
+        result of the ended stage has already been through :meth:`record`.
         """
         return plan_state, None
 
@@ -234,6 +246,7 @@ class Action:
 
 
 # name -> module; the module defines exactly one Action subclass named in ``ACTION``.
+# One entry per line so independent changes do not collide.
 ACTION_MODULES: dict[str, str] = {
     "selftest": "cistemd.actions.selftest",
 }

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from cistemd.actions.base import Action, JSONLike, Parameter, Stage, TaskContext, TaskSpec
 from cistemd.errors import InvalidInputError
@@ -229,7 +229,9 @@ class SelfTest(Action):
                 )
         return checked
 
-    def start(self, parameters: Mapping[str, JSONLike]) -> tuple[JSONLike, Stage]:
+    def start(
+        self, parameters: Mapping[str, JSONLike], *, project: Any = None
+    ) -> tuple[JSONLike, Stage]:
         """Return one final stage of ``tasks`` tasks.
 
         Parameters

@@ -21,10 +21,21 @@ from cistemd.errors import CistemError
 __all__ = ["build_parser", "main"]
 
 # Order = order in ``cistem --help``.
+# One name per line so independent changes do not collide.
 COMMAND_MODULES: tuple[str, ...] = (
-    "demo", "simulate", "info", "project", "imports", "assets", "groups",
-    "run", "jobs", "job", "results",
-)  # fmt: skip
+    "demo",
+    "simulate",
+    "info",
+    "project",
+    "imports",
+    "assets",
+    "groups",
+    "run",
+    "jobs",
+    "job",
+    "results",
+    # standalone programs (cisTEM's binaries)
+)
 
 _COMING = """\
 jobs run in the cistemd daemon (`cistemd start`); they go on when you log out.

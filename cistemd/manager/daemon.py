@@ -1410,7 +1410,7 @@ class Daemon:
         parameters = action.validate(content["parameters"])
         profile = resolve_profile(content["profile"], self.home)
         try:
-            plan_state, stage = action.start(parameters)
+            plan_state, stage = action.start(parameters, project=op.project)
         except CistemError:
             raise
         except Exception as exc:
@@ -1937,7 +1937,9 @@ class Daemon:
             return
         results = op.store.stage_results(int(ins.job_id), ins.stage_index)
         try:
-            plan_state, stage = action.advance(job.parameters, row["plan_state"], results)
+            plan_state, stage = action.advance(
+                job.parameters, row["plan_state"], results, project=op.project
+            )
         except Exception as exc:
             logger.exception("job %s: the plan of %s failed", ins.job_id, job.action_name)
             self._drive(op, sm.PlanFinished(ins.job_id, now, error=f"{type(exc).__name__}: {exc}"))
