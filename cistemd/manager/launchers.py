@@ -36,6 +36,7 @@ $command``, ``sbatch --wrap="$command"``) fit the same interface.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import re
@@ -48,11 +49,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from cistemd.errors import InvalidInputError
 from cistemd.manager.profiles import COMMAND_PLACEHOLDER, render_template
 from cistemd.worker.exit_codes import describe_exit
+
+if TYPE_CHECKING:
+    from cistemd.manager.profiles import ProfileCommand, RunProfile
 
 __all__ = [
     "LAUNCH_FAILED_EXIT_CODE",
@@ -60,9 +64,12 @@ __all__ = [
     "Launcher",
     "LocalLauncher",
     "WorkerExit",
+    "create_launcher",
+    "interface_address",
     "launcher_from_dict",
     "process_start_ticks",
     "read_tail",
+    "resolve_worker_address",
     "worker_command",
     "worker_id_of",
 ]
@@ -278,6 +285,36 @@ class Launcher(ABC):
     kind: ClassVar[str] = ""
     """Name under which :func:`launcher_from_dict` finds the class."""
 
+    endpoint: str = ""
+    """The daemon endpoint its workers connect to, when it is a TCP one ("" otherwise)."""
+
+    def worker_credentials_path(self, local_path: str) -> str:
+        """Return where the workers of this launcher find their credentials file.
+
+        Parameters
+        ----------
+        local_path
+            The 0600 credentials file on the daemon's (shared) filesystem.
+
+        Returns
+        -------
+        str
+            The path to give the workers (``local_path`` unless the launcher
+            copies the file elsewhere, as the SSH launcher does).
+        """
+        return local_path
+
+    def deliver_credentials(self, local_path: str) -> None:
+        """Make the credentials file available where the workers run (before :meth:`launch`).
+
+        Parameters
+        ----------
+        local_path
+            The 0600 credentials file on the daemon's filesystem; a shared
+            filesystem needs nothing more (this default).
+        """
+        return None
+
     @abstractmethod
     def launch(self, commands: Sequence[Sequence[str]]) -> None:
         """Start one worker per command line, the profile's delay apart.
@@ -347,6 +384,10 @@ class Launcher(ABC):
 
 
 _LAUNCHERS: dict[str, type[Launcher]] = {}
+_LAUNCHER_MODULES: Final = {
+    "ssh": "cistemd.manager.ssh",
+    "scheduler": "cistemd.manager.schedulers",
+}
 
 
 def launcher_from_dict(data: Mapping[str, Any]) -> Launcher:
@@ -368,6 +409,8 @@ def launcher_from_dict(data: Mapping[str, Any]) -> Launcher:
         An unknown or missing kind.
     """
     kind = data.get("kind") if isinstance(data, Mapping) else None
+    if isinstance(kind, str) and kind not in _LAUNCHERS and kind in _LAUNCHER_MODULES:
+        importlib.import_module(_LAUNCHER_MODULES[kind])  # registers the class
     launcher_class = _LAUNCHERS.get(kind) if isinstance(kind, str) else None
     if launcher_class is None:
         raise InvalidInputError(
@@ -666,13 +709,14 @@ class LocalLauncher(Launcher):
         Returns
         -------
         dict
-            ``{"kind": "local", "log_dir", "command_template", "delay_ms",
+            ``{"kind": "local", "endpoint", "log_dir", "command_template", "delay_ms",
             "grace_seconds", "launched", "processes": [{worker_id, pid,
             start_ticks, log_path}], "exited": [WorkerExit maps not yet polled]}``.
         """
         self._reap()
         return {
             "kind": self.kind,
+            "endpoint": self.endpoint,
             "log_dir": str(self.log_dir),
             "command_template": self.command_template,
             "delay_ms": self.delay_ms,
@@ -723,6 +767,7 @@ class LocalLauncher(Launcher):
                 grace_seconds=float(data.get("grace_seconds", 2.0)),
             )
             launcher._launched = int(data.get("launched", 0))
+            launcher.endpoint = str(data.get("endpoint", ""))
             for item in data.get("processes", []):
                 pid = int(item["pid"])
                 ticks = _optional_int(item.get("start_ticks"))
@@ -740,3 +785,176 @@ class LocalLauncher(Launcher):
 
 
 _LAUNCHERS[LocalLauncher.kind] = LocalLauncher
+
+
+# --------------------------------------------------------------------------- remote addresses
+
+
+def interface_address(name: str) -> str | None:
+    """Return the IPv4 address of network interface ``name``, or None.
+
+    Parameters
+    ----------
+    name
+        An interface name (``eth0``).
+
+    Returns
+    -------
+    str or None
+        Its first IPv4 address.
+    """
+    import fcntl
+    import socket
+    import struct
+
+    if not name or len(name) > 15:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            packed = fcntl.ioctl(
+                sock.fileno(), 0x8915, struct.pack("256s", name.encode())  # SIOCGIFADDR
+            )
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def _route_address(host: str) -> str | None:
+    """Return this machine's address on the route to ``host`` (no packet is sent)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, 9))
+            return str(sock.getsockname()[0])
+    except OSError:
+        return None
+
+
+def resolve_worker_address(gui_address: str, probe_host: str = "") -> tuple[str, int]:
+    """Return the ``(address, port)`` remote workers connect back to.
+
+    Parameters
+    ----------
+    gui_address
+        The profile's ``gui_address``: ``""`` (automatic), ``"10.0.0.1"``,
+        ``"10.0.0.1:5555"``, ``"node01"``, ``"eth0"`` or ``"interface:eth0"``.
+    probe_host
+        A host the workers run on: automatic picks the address of the route
+        to it; without one, the address this host's name resolves to.
+
+    Returns
+    -------
+    tuple of (str, int)
+        The IPv4 address and the port (0: any free port).
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown interface or an address that does not resolve.
+    """
+    import socket
+
+    text = gui_address.strip()
+    port = 0
+    if text.startswith("interface:"):
+        name = text.split(":", 1)[1]
+        address = interface_address(name)
+        if address is None:
+            raise InvalidInputError(f"gui_address {gui_address!r}: no interface {name!r}")
+        return address, 0
+    if text.count(":") == 1:
+        text, _, port_text = text.partition(":")
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise InvalidInputError(f"gui_address {gui_address!r}: bad port {port_text!r}")
+        port = int(port_text)
+    if not text:
+        probe = probe_host.rpartition("@")[2].partition(":")[0]
+        found = _route_address(probe) if probe else None
+        if found is None:
+            try:
+                found = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                found = "127.0.0.1"
+        return found, port
+    address = interface_address(text)
+    if address is not None:
+        return address, port
+    try:
+        return socket.gethostbyname(text), port
+    except OSError:
+        raise InvalidInputError(
+            f"gui_address {gui_address!r}: neither an interface nor a resolvable address"
+        ) from None
+
+
+# --------------------------------------------------------------------------- the factory
+
+
+def create_launcher(
+    profile: RunProfile,
+    command: ProfileCommand,
+    *,
+    log_dir: str | os.PathLike[str],
+    grace_seconds: float,
+    tag: str,
+    endpoint: str = "",
+) -> Launcher:
+    """Return the launcher that runs ``command`` of ``profile``.
+
+    Parameters
+    ----------
+    profile
+        The run profile (its ``launcher`` kind and settings).
+    command
+        One of its command lines.
+    log_dir
+        Directory for the workers' logs (and the scheduler scripts).
+    grace_seconds
+        Wait between SIGTERM and SIGKILL.
+    tag
+        A name unique to this job and command (``job12-c0``), used to find the
+        scheduler jobs this launcher submitted.
+    endpoint
+        The TCP endpoint the workers connect to ("" for local ipc).
+
+    Returns
+    -------
+    Launcher
+        A :class:`LocalLauncher`, :class:`~cistemd.manager.ssh.SshLauncher` or
+        :class:`~cistemd.manager.schedulers.SchedulerLauncher`.
+    """
+    launcher: Launcher
+    if profile.launcher == "ssh":
+        from cistemd.manager.ssh import SshLauncher
+
+        launcher = SshLauncher(
+            command.host,
+            profile.ssh,
+            log_dir=log_dir,
+            command_template=command.command_to_run,
+            delay_ms=command.delay_ms,
+            grace_seconds=grace_seconds,
+            tag=tag,
+        )
+    elif profile.launcher == "scheduler":
+        from cistemd.manager.schedulers import SchedulerLauncher
+
+        launcher = SchedulerLauncher(
+            profile.scheduler,
+            log_dir=log_dir,
+            command_template=command.command_to_run,
+            threads=command.threads_per_copy,
+            delay_ms=command.delay_ms,
+            grace_seconds=grace_seconds,
+            tag=tag,
+        )
+    else:
+        launcher = LocalLauncher(
+            log_dir,
+            command_template=command.command_to_run,
+            delay_ms=command.delay_ms,
+            grace_seconds=grace_seconds,
+        )
+    launcher.endpoint = endpoint
+    return launcher

@@ -24,11 +24,32 @@ The override is for a command that starts several workers per copy (an
 
 :func:`default_local_profile` is cisTEM's "Default Local": one command,
 CPU count + 1 copies, 1 thread each, 10 ms between copies.
+
+Where the workers run
+---------------------
+``launcher`` says who starts the copies (cistemd's addition to cisTEM's model):
+
+* ``"local"`` -- processes on the daemon's machine (each command line is run
+  through ``/bin/sh`` unless it is exactly ``$command``);
+* ``"ssh"`` -- each command's copies run on the command's ``host``
+  (``[user@]host[:port]``) over SSH (:mod:`cistemd.manager.ssh`; options in
+  :class:`SshSettings`): the "SSH cluster" of workstations;
+* ``"scheduler"`` -- each copy is a batch job of a SLURM, SGE, LSF or PBS
+  scheduler (:mod:`cistemd.manager.schedulers`; options in
+  :class:`SchedulerSettings`); in the job script ``$command`` is replaced by
+  the worker command line.
+
+Workers that are not local connect back over TCP with CURVE to the address
+``gui_address`` names (cisTEM's field): ``""`` picks the address of the
+interface that routes to the first remote host (or this host's name),
+``"10.0.0.1"`` or ``"10.0.0.1:5555"`` is explicit, ``"eth0"`` (or
+``"interface:eth0"``) means that interface's address.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +60,14 @@ from cistemd.errors import InvalidInputError
 __all__ = [
     "COMMAND_PLACEHOLDER",
     "DEFAULT_LOCAL_PROFILE_NAME",
+    "LAUNCHER_KINDS",
+    "PROGRAM_NAME_PLACEHOLDER",
+    "SCHEDULER_KINDS",
+    "SCHEDULER_MODES",
     "ProfileCommand",
     "RunProfile",
+    "SchedulerSettings",
+    "SshSettings",
     "default_local_profile",
     "render_template",
 ]
@@ -50,6 +77,22 @@ COMMAND_PLACEHOLDER: Final = "$command"
 
 DEFAULT_LOCAL_PROFILE_NAME: Final = "Default Local"
 """Name of the profile made by :func:`default_local_profile` (cisTEM's)."""
+
+PROGRAM_NAME_PLACEHOLDER: Final = "$program_name"
+"""Stands for the worker program's name (``cistemd.worker``), as cisTEM's ``$program_name``."""
+
+LAUNCHER_KINDS: Final = ("local", "ssh", "scheduler")
+"""Values of :attr:`RunProfile.launcher`."""
+
+SCHEDULER_KINDS: Final = ("slurm", "sge", "lsf", "pbs")
+"""Values of :attr:`SchedulerSettings.kind`."""
+
+SCHEDULER_MODES: Final = ("batch", "srun", "allocation")
+"""Values of :attr:`SchedulerSettings.mode`: one batch job per worker; one ``srun``
+per worker from the daemon's host; one allocation (``salloc``) running every
+worker with ``srun``."""
+
+WORKER_PROGRAM_NAME: Final = "cistemd.worker"
 
 _MAX_COPIES: Final = 100_000
 _MAX_THREADS: Final = 65_536
@@ -95,7 +138,9 @@ def render_template(template: str, argv: Sequence[str]) -> str:
     str
         A shell command line.
     """
-    return template.replace(COMMAND_PLACEHOLDER, shlex.join(argv))
+    return template.replace(PROGRAM_NAME_PLACEHOLDER, WORKER_PROGRAM_NAME).replace(
+        COMMAND_PLACEHOLDER, shlex.join(argv)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +164,8 @@ class ProfileCommand:
         Whether one copy starts several workers (``srun -n 64 $command``).
     overridden_total_copies
         The workers this command yields in all, when ``override_total_copies``.
+    host
+        For the ``"ssh"`` launcher: where the copies run, ``[user@]host[:port]``.
 
     Raises
     ------
@@ -132,6 +179,7 @@ class ProfileCommand:
     delay_ms: int = 10
     override_total_copies: bool = False
     overridden_total_copies: int = 0
+    host: str = ""
 
     def __post_init__(self) -> None:
         _check_command(self.to_dict())
@@ -165,6 +213,7 @@ class ProfileCommand:
             "delay_ms": self.delay_ms,
             "override_total_copies": self.override_total_copies,
             "overridden_total_copies": self.overridden_total_copies,
+            "host": self.host,
         }
 
     @classmethod
@@ -215,11 +264,308 @@ def _check_command(values: Mapping[str, Any]) -> None:
             "run profile field 'overridden_total_copies' must be ≥ 1 when "
             "override_total_copies is set"
         )
+    host = _str_field(values, "host", "")
+    if host and _HOST_PATTERN.fullmatch(host) is None:
+        raise InvalidInputError(
+            f"run profile field 'host': {host!r} is not [user@]host[:port] "
+            "(letters, digits, '.', '-', '_' only)"
+        )
+
+
+_HOST_PATTERN: Final = re.compile(
+    r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}@)?[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}(?::[0-9]{1,5})?"
+)
 
 
 _COMMAND_DEFAULTS: Final = {
     name: spec.default for name, spec in ProfileCommand.__dataclass_fields__.items()
 }
+
+
+def _float_field(
+    data: Mapping[str, Any], name: str, default: float, low: float, high: float
+) -> float:
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"run profile field {name!r}: expected a number, got {value!r}")
+    if not low <= float(value) <= high:
+        raise InvalidInputError(f"run profile field {name!r}: {value} is outside {low}..{high}")
+    return float(value)
+
+
+def _lines_field(data: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = data.get(name, ())
+    if isinstance(value, str):
+        value = [value] if value else []
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise InvalidInputError(
+            f"run profile field {name!r}: expected a list of str, got {value!r}"
+        )
+    for item in value:
+        if "\n" in item or "\x00" in item:
+            raise InvalidInputError(
+                f"run profile field {name!r}: {item!r} must be one line (no newline)"
+            )
+    return tuple(value)
+
+
+def _check_known(data: Mapping[str, Any], known: Sequence[str], what: str) -> None:
+    if not isinstance(data, Mapping):
+        raise InvalidInputError(f"{what} must be a map, got {data!r}")
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InvalidInputError(
+            f"{what} has unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SshSettings:
+    """How the ``"ssh"`` launcher reaches its hosts (paramiko).
+
+    Parameters
+    ----------
+    user
+        Login name when a command's host does not say ``user@`` ("" = yours).
+    port
+        SSH port when a host does not say ``:port``.
+    known_hosts
+        The known_hosts file host keys are checked against ("" =
+        ``~/.ssh/known_hosts``); unknown and changed keys are refused, never added.
+    identity_file
+        A private key file ("" = the SSH agent and ``~/.ssh/id_*``).
+    keepalive_s
+        Seconds between SSH keepalives: an unreachable host is noticed after a
+        few missed ones.
+    connect_timeout_s
+        Seconds to wait for a host to answer.
+    remote_dir
+        Directory on the hosts for the workers' credentials files and logs
+        ("" = ``~/.cistem/remote``); created 0700.
+    """
+
+    user: str = ""
+    port: int = 22
+    known_hosts: str = ""
+    identity_file: str = ""
+    keepalive_s: float = 5.0
+    connect_timeout_s: float = 10.0
+    remote_dir: str = ""
+
+    def __post_init__(self) -> None:
+        _check_ssh(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a JSON-like map."""
+        return {
+            "user": self.user,
+            "port": self.port,
+            "known_hosts": self.known_hosts,
+            "identity_file": self.identity_file,
+            "keepalive_s": self.keepalive_s,
+            "connect_timeout_s": self.connect_timeout_s,
+            "remote_dir": self.remote_dir,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SshSettings:
+        """Build from :meth:`to_dict`'s map; absent fields take the defaults.
+
+        Parameters
+        ----------
+        data
+            The map.
+
+        Returns
+        -------
+        SshSettings
+            The settings.
+        """
+        _check_known(data, _SSH_FIELDS, "run profile 'ssh'")
+        _check_ssh(data)
+        defaults = cls.__dataclass_fields__
+        merged = {name: data.get(name, defaults[name].default) for name in _SSH_FIELDS}
+        merged["keepalive_s"] = float(merged["keepalive_s"])
+        merged["connect_timeout_s"] = float(merged["connect_timeout_s"])
+        return cls(**merged)
+
+
+_SSH_FIELDS: Final = (
+    "user",
+    "port",
+    "known_hosts",
+    "identity_file",
+    "keepalive_s",
+    "connect_timeout_s",
+    "remote_dir",
+)
+
+
+def _check_ssh(values: Mapping[str, Any]) -> None:
+    for name in ("user", "known_hosts", "identity_file", "remote_dir"):
+        _str_field(values, name, "")
+    _int_field(values, "port", 22, 1, 65535)
+    _float_field(values, "keepalive_s", 5.0, 0.1, 3600.0)
+    _float_field(values, "connect_timeout_s", 10.0, 0.1, 3600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    """How the ``"scheduler"`` launcher submits workers (dask-jobqueue's knobs).
+
+    Parameters
+    ----------
+    kind
+        ``"slurm"``, ``"sge"``, ``"lsf"`` or ``"pbs"`` (also Torque).
+    mode
+        ``"batch"``: one batch job per worker copy (``sbatch``, ``qsub``,
+        ``bsub``); ``"srun"`` (SLURM): one ``srun`` per copy, run from the
+        daemon's host; ``"allocation"`` (SLURM): one ``salloc`` allocation
+        for all the copies of a command, whose workers ``srun`` starts.
+    queue
+        Partition / queue ("" = the scheduler's default).
+    account
+        Account or project to charge ("" = none).
+    walltime
+        Time limit, ``HH:MM:SS`` ("" = the scheduler's default).
+    memory
+        Memory per worker job, e.g. ``"4G"`` ("" = default).
+    job_name
+        Name of the scheduler jobs.
+    extra_directives
+        More header lines, without the prefix (``--gres=gpu:1`` for SLURM,
+        ``-l h_vmem=4G`` for SGE).
+    prologue
+        Shell lines run before the worker (``module load cuda``, ``source venv``).
+    submit_options
+        Extra options of the submit command (a shell-quoted string).
+    submit_timeout_s
+        Seconds a submit / cancel / queue command may take.
+    """
+
+    kind: str = "slurm"
+    mode: str = "batch"
+    queue: str = ""
+    account: str = ""
+    walltime: str = ""
+    memory: str = ""
+    job_name: str = "cistem-worker"
+    extra_directives: tuple[str, ...] = ()
+    prologue: tuple[str, ...] = ()
+    submit_options: str = ""
+    submit_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra_directives", tuple(self.extra_directives))
+        object.__setattr__(self, "prologue", tuple(self.prologue))
+        _check_scheduler(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a JSON-like map."""
+        return {
+            "kind": self.kind,
+            "mode": self.mode,
+            "queue": self.queue,
+            "account": self.account,
+            "walltime": self.walltime,
+            "memory": self.memory,
+            "job_name": self.job_name,
+            "extra_directives": list(self.extra_directives),
+            "prologue": list(self.prologue),
+            "submit_options": self.submit_options,
+            "submit_timeout_s": self.submit_timeout_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SchedulerSettings:
+        """Build from :meth:`to_dict`'s map; absent fields take the defaults.
+
+        Parameters
+        ----------
+        data
+            The map.
+
+        Returns
+        -------
+        SchedulerSettings
+            The settings.
+        """
+        _check_known(data, _SCHEDULER_FIELDS, "run profile 'scheduler'")
+        _check_scheduler(data)
+        defaults = cls.__dataclass_fields__
+        merged: dict[str, Any] = {}
+        for name in _SCHEDULER_FIELDS:
+            merged[name] = data.get(name, defaults[name].default)
+        merged["extra_directives"] = _lines_field(data, "extra_directives")
+        merged["prologue"] = _lines_field(data, "prologue")
+        merged["submit_timeout_s"] = float(merged["submit_timeout_s"])
+        return cls(**merged)
+
+
+_SCHEDULER_FIELDS: Final = (
+    "kind",
+    "mode",
+    "queue",
+    "account",
+    "walltime",
+    "memory",
+    "job_name",
+    "extra_directives",
+    "prologue",
+    "submit_options",
+    "submit_timeout_s",
+)
+_SAFE_VALUE: Final = re.compile(r"[A-Za-z0-9_.:+=@,/-]*")
+
+
+def _check_scheduler(values: Mapping[str, Any]) -> None:
+    kind = _str_field(values, "kind", "slurm")
+    if kind not in SCHEDULER_KINDS:
+        raise InvalidInputError(
+            f"run profile field 'scheduler.kind': {kind!r} is not one of "
+            f"{', '.join(SCHEDULER_KINDS)}"
+        )
+    mode = _str_field(values, "mode", "batch")
+    if mode not in SCHEDULER_MODES:
+        raise InvalidInputError(
+            f"run profile field 'scheduler.mode': {mode!r} is not one of "
+            f"{', '.join(SCHEDULER_MODES)}"
+        )
+    if mode != "batch" and kind != "slurm":
+        raise InvalidInputError(
+            f"run profile field 'scheduler.mode': {mode!r} is for SLURM only; "
+            f"use 'batch' for {kind}"
+        )
+    for name in ("queue", "account", "walltime", "memory", "job_name"):
+        value = _str_field(values, name, "")
+        if _SAFE_VALUE.fullmatch(value) is None:
+            raise InvalidInputError(
+                f"run profile field 'scheduler.{name}': {value!r} may hold only letters, digits "
+                "and _.:+=@,/- (it goes into a job script header)"
+            )
+    _lines_field(values, "extra_directives")
+    _lines_field(values, "prologue")
+    options = _str_field(values, "submit_options", "")
+    try:
+        shlex.split(options)
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"run profile field 'scheduler.submit_options': {options!r} ({exc})"
+        ) from None
+    _float_field(values, "submit_timeout_s", 30.0, 0.5, 3600.0)
+
+
+_PROFILE_FIELDS: Final = (
+    "name",
+    "manager_command",
+    "gui_address",
+    "controller_address",
+    "commands",
+    "launcher",
+    "worker_python",
+    "ssh",
+    "scheduler",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,16 +582,28 @@ class RunProfile:
         daemon itself.
     gui_address
         cisTEM's address workers connect back to ("" = automatic). cistemd
-        uses it as the daemon's worker address for TCP launchers.
+        uses it as the daemon's worker address for remote workers: an IP
+        address or host name, optionally ``:PORT``, or an interface name
+        (``eth0`` / ``interface:eth0``).
     controller_address
         cisTEM's manager address ("" = automatic); kept for import/export.
     commands
         The command lines, in order.
+    launcher
+        ``"local"``, ``"ssh"`` or ``"scheduler"`` (see the module docstring).
+    worker_python
+        The Python interpreter (with cistemd installed) on the machines the
+        workers run on ("" = the daemon's own, right on a shared filesystem).
+    ssh
+        Settings of the ``"ssh"`` launcher.
+    scheduler
+        Settings of the ``"scheduler"`` launcher.
 
     Raises
     ------
     InvalidInputError
-        An empty name, a manager command without ``$command`` or no command lines.
+        An empty name, a manager command without ``$command``, no command
+        lines, an unknown launcher, or an SSH profile with a command lacking a host.
     """
 
     name: str
@@ -253,10 +611,21 @@ class RunProfile:
     gui_address: str = ""
     controller_address: str = ""
     commands: tuple[ProfileCommand, ...] = field(default_factory=tuple)
+    launcher: str = "local"
+    worker_python: str = ""
+    ssh: SshSettings = field(default_factory=SshSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise InvalidInputError(f"a run profile needs a name, got {self.name!r}")
+        if len(self.name) > 200 or any(ch in self.name for ch in "/\\\x00\n\"") or (
+            self.name.startswith(".")
+        ):
+            raise InvalidInputError(
+                f"run profile name {self.name!r}: at most 200 characters, no '/', '\\', "
+                "quote or newline, not starting with '.'"
+            )
         _check_template(self.manager_command, f"run profile {self.name!r}: manager_command")
         object.__setattr__(self, "commands", tuple(self.commands))
         if not self.commands:
@@ -266,6 +635,29 @@ class RunProfile:
                 raise InvalidInputError(
                     f"run profile {self.name!r}: commands must be ProfileCommand, got {command!r}"
                 )
+        if self.launcher not in LAUNCHER_KINDS:
+            raise InvalidInputError(
+                f"run profile {self.name!r}: launcher {self.launcher!r} is not one of "
+                f"{', '.join(LAUNCHER_KINDS)}"
+            )
+        if self.launcher == "ssh":
+            for number, command in enumerate(self.commands):
+                if not command.host:
+                    raise InvalidInputError(
+                        f"run profile {self.name!r}: command {number} has no host; an SSH "
+                        "profile names the host of every command line ([user@]host[:port])"
+                    )
+        if not isinstance(self.worker_python, str) or "\n" in self.worker_python:
+            raise InvalidInputError(f"run profile {self.name!r}: bad worker_python")
+        if not isinstance(self.ssh, SshSettings) or not isinstance(
+            self.scheduler, SchedulerSettings
+        ):
+            raise InvalidInputError(f"run profile {self.name!r}: bad ssh or scheduler settings")
+
+    @property
+    def remote(self) -> bool:
+        """Whether the workers connect over TCP (anything but plain local processes)."""
+        return self.launcher != "local" or bool(self.gui_address)
 
     @property
     def total_copies(self) -> int:
@@ -312,18 +704,32 @@ class RunProfile:
         return plan
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the profile as a JSON-like map."""
+        """Return the profile as a JSON-like map (what clients and profile files hold).
+
+        Returns
+        -------
+        dict
+            ``name``, ``manager_command``, ``gui_address``, ``controller_address``,
+            ``commands`` (:meth:`ProfileCommand.to_dict` maps: template, copies,
+            threads, delay, override, host), ``launcher``, ``worker_python``,
+            ``ssh`` (:meth:`SshSettings.to_dict`) and ``scheduler``
+            (:meth:`SchedulerSettings.to_dict`).
+        """
         return {
             "name": self.name,
             "manager_command": self.manager_command,
             "gui_address": self.gui_address,
             "controller_address": self.controller_address,
             "commands": [command.to_dict() for command in self.commands],
+            "launcher": self.launcher,
+            "worker_python": self.worker_python,
+            "ssh": self.ssh.to_dict(),
+            "scheduler": self.scheduler.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunProfile:
-        """Build a profile from :meth:`to_dict`'s map.
+        """Build a profile from :meth:`to_dict`'s map (absent fields take defaults).
 
         Parameters
         ----------
@@ -342,11 +748,11 @@ class RunProfile:
         """
         if not isinstance(data, Mapping):
             raise InvalidInputError(f"a run profile must be a map, got {data!r}")
-        known = {"name", "manager_command", "gui_address", "controller_address", "commands"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - set(_PROFILE_FIELDS))
         if unknown:
             raise InvalidInputError(
-                f"run profile has unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}"
+                f"run profile has unknown field {unknown[0]!r}; "
+                f"known: {', '.join(sorted(_PROFILE_FIELDS))}"
             )
         if "name" not in data:
             raise InvalidInputError("run profile field 'name' is missing")
@@ -361,6 +767,10 @@ class RunProfile:
             gui_address=_str_field(data, "gui_address", ""),
             controller_address=_str_field(data, "controller_address", ""),
             commands=tuple(ProfileCommand.from_dict(item) for item in commands),
+            launcher=_str_field(data, "launcher", "local"),
+            worker_python=_str_field(data, "worker_python", ""),
+            ssh=SshSettings.from_dict(data.get("ssh") or {}),
+            scheduler=SchedulerSettings.from_dict(data.get("scheduler") or {}),
         )
 
 
