@@ -1,5 +1,5 @@
 """cistem-tui: the Textual terminal UI, a client of the cistemd daemon.
 
 It never opens the project database or imports kernels; it talks to cistemd
-only. Not built yet (issue 8).
+only (see :mod:`cistem_tui.app` and :mod:`cistem_tui.connection`).
 """

@@ -1,0 +1,1 @@
+"""Modal dialogs: the import dialogs of the Assets panel and small prompts."""

@@ -1,0 +1,1 @@
+"""Widgets of the TUI: pictures (:mod:`.picture`) and result plots (:mod:`.plots`)."""
