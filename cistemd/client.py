@@ -703,6 +703,150 @@ class Client:
         """Create an empty group; return its id."""
         return int(self.edit_group(project, kind, "create", name=name)["group_id"])
 
+    def edit_positions(
+        self,
+        project: str | os.PathLike[str],
+        operation: str,
+        image_asset_id: int,
+        *,
+        x_angstroms: Iterable[float] = (),
+        y_angstroms: Iterable[float] = (),
+        position_ids: Iterable[int] = (),
+        radius_angstroms: float = 50.0,
+    ) -> dict[str, Any]:
+        """Add or remove particle positions on one image (manual editing of picks).
+
+        ``add`` records ``(x, y)`` positions (Å from the first pixel) and returns
+        ``{image_asset_id, operation, position_ids, total}`` with the new ids;
+        ``remove`` deletes ``position_ids`` and, for each ``(x, y)``, the nearest
+        position within ``radius_angstroms``, returning the ids removed.
+        """
+        return self._content(
+            "positions_edit",
+            {
+                "project": self._path(project),
+                "operation": operation,
+                "image_asset_id": int(image_asset_id),
+                "x": [float(v) for v in x_angstroms],
+                "y": [float(v) for v in y_angstroms],
+                "position_ids": [int(v) for v in position_ids],
+                "radius_angstroms": float(radius_angstroms),
+            },
+        )
+
+    # -- actions, pictures and result queries (the TUI's Actions and Results panels) -------------
+
+    def actions(self) -> list[dict[str, Any]]:
+        """Return every action the daemon offers, with its form.
+
+        Each action is ``{name, title, parameters}``; each parameter is ``{name,
+        kind, default, help, minimum, maximum, choices, expert}`` (cisTEM's GUI
+        defaults; ``expert`` ones belong under "Expert Options").
+        """
+        return list(self._content("actions_list")["actions"])
+
+    def image_preview(
+        self,
+        project: str | os.PathLike[str],
+        source: str,
+        *,
+        asset_id: int = 0,
+        path: str | os.PathLike[str] = "",
+        which: str = "image",
+        max_size: int = 256,
+    ) -> dict[str, Any]:
+        """Return a small 8-bit picture of an asset, made by the daemon.
+
+        Parameters
+        ----------
+        project
+            The project directory.
+        source
+            ``image``, ``movie``, ``volume``, ``ctf_estimate`` or ``file``.
+        asset_id
+            The asset's id.
+        path
+            With ``source="file"``: an MRC file inside the project.
+        which
+            ``image``, ``spectrum``, ``scaled``, ``ctf_diagnostic`` or ``volume_orth``.
+        max_size
+            Largest edge of the picture, 16..512.
+
+        Returns
+        -------
+        dict
+            ``{width, height, pixels (bytes, top row first), file, original_width,
+            original_height, original_depth, pixel_size_angstroms, scale}``.
+        """
+        content = {
+            "project": self._path(project),
+            "source": source,
+            "asset_id": int(asset_id),
+            "path": self._path(path) if os.fspath(path) else "",
+            "which": which,
+            "max_size": int(max_size),
+        }
+        return dict(self.request("image_preview", content, timeout=max(self.timeout, 60.0)).content)
+
+    def results_query(
+        self,
+        project: str | os.PathLike[str],
+        query: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        limit: int = 500,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Return one page of a read-only result query: ``{query, rows, total, data}``.
+
+        ``query`` is ``ctf_table``, ``ctf_fit``, ``alignments``,
+        ``alignment_shifts``, ``picked_images``, ``picks`` or ``fsc``; see
+        :func:`cistemd.manager.client_ops.results_query` for their parameters.
+        """
+        return self._content(
+            "results_query",
+            {
+                "project": self._path(project),
+                "query": query,
+                "parameters": dict(parameters or {}),
+                "limit": int(limit),
+                "offset": int(offset),
+            },
+        )
+
+    def results(
+        self,
+        project: str | os.PathLike[str],
+        query: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+        """Return up to ``limit`` rows of a result query (None: all), the total and its data."""
+        rows: list[dict[str, Any]] = []
+        total, data = 0, {}
+        while limit is None or len(rows) < limit:
+            step = 10_000 if limit is None else min(10_000, limit - len(rows))
+            reply = self.results_query(project, query, parameters, limit=step, offset=len(rows))
+            total, data = int(reply["total"]), dict(reply["data"])
+            rows += reply["rows"]
+            if not reply["rows"] or len(rows) >= total:
+                break
+        return rows, total, data
+
+    def selected_image_ids(
+        self, project: str | os.PathLike[str], parameters: Mapping[str, Any] | None = None
+    ) -> list[int]:
+        """Return the image ids a ``ctf_table`` selection holds (``filters``, ``job_id`` ...)."""
+        ids: list[int] = []
+        wanted = {**dict(parameters or {}), "ids_only": True}
+        while True:
+            reply = self.results_query(project, "ctf_table", wanted, limit=10_000, offset=len(ids))
+            page = [int(i) for i in reply["data"].get("image_asset_ids", [])]
+            ids += page
+            if not page or len(ids) >= int(reply["total"]):
+                return ids
+
     def events(self, since_event_id: int = 0, *, job_id: str | int = "") -> list[dict[str, Any]]:
         """Return the stored events after ``since_event_id`` (all jobs, or one), oldest first.
 
@@ -743,6 +887,72 @@ class Client:
             Iterate it, or call :meth:`Subscription.get`; close it when done.
         """
         return Subscription(self, since_event_id=since_event_id, job_id=str(job_id))
+
+    # -- run profiles ------------------------------------------------------------------------------
+
+    def profiles(self) -> list[dict[str, Any]]:
+        """Return every run profile (``Default Local`` first) as ``RunProfile.to_dict()`` maps.
+
+        Returns
+        -------
+        list of dict
+            ``name``, ``manager_command``, ``gui_address``, ``controller_address``,
+            ``commands`` (``command_to_run``, ``number_of_copies``, ``threads_per_copy``,
+            ``delay_ms``, ``override_total_copies``, ``overridden_total_copies``,
+            ``host``), ``launcher`` (``local`` | ``ssh`` | ``scheduler``),
+            ``worker_python``, ``ssh`` and ``scheduler`` settings.
+        """
+        return [dict(item) for item in self._content("profiles_list")["profiles"]]
+
+    def save_profile(self, profile: Mapping[str, Any]) -> None:
+        """Create or replace a run profile (checked by the daemon).
+
+        Parameters
+        ----------
+        profile
+            A ``RunProfile.to_dict()`` map (absent fields take their defaults).
+        """
+        self._content("profile_save", {"profile": dict(profile)})
+
+    def delete_profile(self, name: str) -> None:
+        """Delete the stored run profile ``name``.
+
+        Parameters
+        ----------
+        name
+            The profile's name.
+        """
+        self._content("profile_delete", {"name": name})
+
+    def import_profiles(self, text: str) -> list[str]:
+        """Import cisTEM's ``default_run_profiles.txt``; return the names imported.
+
+        Parameters
+        ----------
+        text
+            The file's content.
+
+        Returns
+        -------
+        list of str
+            The profiles stored (same names are replaced).
+        """
+        return [str(name) for name in self._content("profiles_import", {"text": text})["names"]]
+
+    def export_profiles(self, names: list[str] | None = None) -> str:
+        """Return run profiles in cisTEM's ``default_run_profiles.txt`` format.
+
+        Parameters
+        ----------
+        names
+            The profiles to export (None: all).
+
+        Returns
+        -------
+        str
+            The text.
+        """
+        return str(self._content("profiles_export", {"names": list(names or [])})["text"])
 
 
 class Subscription:

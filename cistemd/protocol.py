@@ -105,6 +105,44 @@ Client and daemon:
 * ``job_results`` (C>D) ``{job_id, limit?: int 1..1000 [100], offset?: int ≥ 0 [0]}``
   -> ``job_results_reply`` (D>C) ``{job_id, results: [RESULT] ≤ 1000, total: int ≥ 0}``
   -- the results the job recorded, one per completed task.
+* ``actions_list`` (C>D) ``{}`` -> ``actions_reply`` (D>C) ``{actions: [ACTION] ≤ 256,
+  problems?: [str] ≤ 256 [[]]}`` -- every registered action with its parameters,
+  so a client builds forms without importing actions; ``problems`` names actions
+  whose module could not be loaded.
+* ``image_preview`` (C>D) ``{project, source: "image" | "movie" | "volume" |
+  "ctf_estimate" | "file", asset_id?: int ≥ 0 [0], path?: path-or-"" [""], which?:
+  "image" | "spectrum" | "scaled" | "ctf_diagnostic" | "volume_orth" ["image"],
+  max_size?: int 16..512 [256]}`` -> ``image_reply`` (D>C) ``{width: int, height:
+  int, pixels: bytes, file: path, original_width: int, original_height: int,
+  original_depth: int, pixel_size_angstroms: float ≥ 0, scale: float > 0}`` -- a
+  downsampled 8-bit grey picture (``width · height`` bytes, rows top to bottom,
+  the MRC's y axis pointing up as cisTEM displays it); ``scale`` is picture pixels
+  per file pixel; ``file`` (with ``source: "file"``) must lie inside the project.
+* ``results_query`` (C>D) ``{project, query: "ctf_table" | "ctf_fit" | "alignments" |
+  "alignment_shifts" | "picked_images" | "picks" | "fsc", parameters?: {str: value}
+  [{}], limit?: int 1..10000 [500], offset?: int ≥ 0 [0]}`` -> ``results_reply``
+  (D>C) ``{query, rows: [{str: value}] ≤ 10000, total: int ≥ 0, data?: {str: value}
+  [{}]}`` -- read-only result tables and curves of the actions (see
+  :func:`cistemd.manager.client_ops.results_query`); pages may be shorter than
+  ``limit`` to stay under the frame limits.
+* ``positions_edit`` (C>D) ``{project, operation: "add" | "remove", image_asset_id:
+  int ≥ 1, x?: [float] ≤ 10000 [[]], y?: [float] ≤ 10000 [[]], position_ids?: [int ≥
+  1] ≤ 10000 [[]], radius_angstroms?: float ≥ 0 [50]}`` -> ``positions_reply`` (D>C)
+  ``{image_asset_id, operation, position_ids: [int] ≤ 10000, total: int ≥ 0}`` --
+  manual editing of picks: ``add`` records positions (Å from the first pixel) on
+  the image and returns their ids; ``remove`` deletes the given ids and, for each
+  ``(x, y)``, the image's position nearest to it within ``radius_angstroms``, and
+  returns the ids removed; ``total`` is the image's count after the edit.
+
+Run profiles (``PROFILE`` = :meth:`cistemd.manager.profiles.RunProfile.to_dict`):
+
+* ``profiles_list`` (C>D) ``{}``, ``profile_save`` (C>D) ``{profile: PROFILE}``,
+  ``profile_delete`` (C>D) ``{name: str}``, ``profiles_import`` (C>D) ``{text: str
+  ≤ 256 KiB}`` (cisTEM's ``default_run_profiles.txt``) -> ``profiles_reply`` (D>C)
+  ``{profiles: [PROFILE] ≤ 1000, names?: [str] [[]]}`` -- every profile after the
+  change; ``names`` are the ones imported or saved.
+* ``profiles_export`` (C>D) ``{names?: [str] [[]]}`` (empty: all) -> ``profiles_text``
+  (D>C) ``{text: str}`` in cisTEM's format.
 
 Worker and daemon:
 
@@ -2396,4 +2434,260 @@ _define(
     _EVENT,
     example=_EXAMPLE_EVENT,
     doc="A job state change, progress or log line.",
+)
+
+# actions, pictures and result queries for the TUI (issue 8)
+_PARAMETER: Final = Schema(
+    {
+        "name": _NAME,
+        "kind": Str(choices=("float", "int", "bool", "str", "path")),
+        "default": Value(max_depth=2),
+        "help": _REASON,
+        "minimum": Value(max_depth=0),
+        "maximum": Value(max_depth=0),
+        "choices": Value(max_depth=1),
+        "expert": Bool(),
+    },
+    name="PARAMETER",
+)
+_ACTION: Final = Schema(
+    {"name": _NAME, "title": _LABEL, "parameters": List(_PARAMETER, max_len=256)},
+    name="ACTION",
+)
+_define("actions_list", [_C2D], {}, example={}, replies=["actions_reply"], doc="List actions.")
+_define(
+    "actions_reply",
+    [_D2C],
+    {"actions": List(_ACTION, max_len=256), "problems": Opt(List(_REASON, max_len=256), [])},
+    example={
+        "actions": [
+            {
+                "name": "selftest",
+                "title": "Self test",
+                "parameters": [
+                    {
+                        "name": "tasks",
+                        "kind": "int",
+                        "default": 10,
+                        "help": "number of tasks",
+                        "minimum": 1,
+                        "maximum": None,
+                        "choices": None,
+                        "expert": False,
+                    }
+                ],
+            }
+        ],
+        "problems": [],
+    },
+    doc="Every registered action with its title and parameters (a form each).",
+)
+_PREVIEW_SOURCES: Final = ("image", "movie", "volume", "ctf_estimate", "file")
+_PREVIEW_WHICH: Final = ("image", "spectrum", "scaled", "ctf_diagnostic", "volume_orth")
+PREVIEW_MAX_SIZE: Final = 512
+"""Largest edge of an ``image_preview`` picture, in pixels."""
+_define(
+    "image_preview",
+    [_C2D],
+    {
+        "project": _PATH,
+        "source": Str(choices=_PREVIEW_SOURCES),
+        "asset_id": Opt(_COUNT, 0),
+        "path": Opt(_PATH_OR_EMPTY, ""),
+        "which": Opt(Str(choices=_PREVIEW_WHICH), "image"),
+        "max_size": Opt(Int(min=16, max=PREVIEW_MAX_SIZE), 256),
+    },
+    example={
+        "project": "/data/apoferritin",
+        "source": "image",
+        "asset_id": 3,
+        "which": "spectrum",
+        "max_size": 256,
+    },
+    replies=["image_reply"],
+    doc="A small 8-bit picture of an image, spectrum, CTF diagnostic or volume.",
+)
+_define(
+    "image_reply",
+    [_D2C],
+    {
+        "width": Int(min=1, max=PREVIEW_MAX_SIZE),
+        "height": Int(min=1, max=PREVIEW_MAX_SIZE),
+        "pixels": Bytes(max_len=PREVIEW_MAX_SIZE * PREVIEW_MAX_SIZE),
+        "file": _PATH_OR_EMPTY,
+        "original_width": _COUNT,
+        "original_height": _COUNT,
+        "original_depth": _COUNT,
+        "pixel_size_angstroms": Float(min=0.0),
+        "scale": Float(min=0.0, min_exclusive=True),
+    },
+    example={
+        "width": 4,
+        "height": 2,
+        "pixels": bytes(range(0, 255, 32)),
+        "file": "/data/apoferritin/Assets/Images/m1_1_0.mrc",
+        "original_width": 4096,
+        "original_height": 2048,
+        "original_depth": 1,
+        "pixel_size_angstroms": 1.06,
+        "scale": 1 / 1024,
+    },
+    doc="The picture: width x height grey bytes, top row first, and its geometry.",
+)
+RESULT_QUERIES: Final = (
+    "ctf_table", "ctf_fit", "alignments", "alignment_shifts", "picked_images", "picks", "fsc",
+)  # fmt: skip
+"""The read-only queries ``results_query`` answers."""
+_define(
+    "results_query",
+    [_C2D],
+    {
+        "project": _PATH,
+        "query": Str(choices=RESULT_QUERIES),
+        "parameters": Opt(Dict(Value(max_depth=3), max_len=64, key=_NAME_KEY), {}),
+        "limit": Opt(Int(min=1, max=10_000), 500),
+        "offset": Opt(_COUNT, 0),
+    },
+    example={
+        "project": "/data/apoferritin",
+        "query": "ctf_table",
+        "parameters": {"sort": "fit_resolution", "filters": {"fit_resolution": [None, 5.0]}},
+        "limit": 100,
+        "offset": 0,
+    },
+    replies=["results_reply"],
+    doc="Read result tables and curves (CTF, alignments, picks, FSC) of a project.",
+)
+_define(
+    "results_reply",
+    [_D2C],
+    {
+        "query": Str(choices=RESULT_QUERIES),
+        "rows": List(_ROW, max_len=10_000),
+        "total": _COUNT,
+        "data": Opt(Dict(Value(max_depth=4), max_len=256), {}),
+    },
+    example={
+        "query": "ctf_table",
+        "rows": [{"image_asset_id": 1, "defocus1": 12000.0, "fit_resolution": 3.9}],
+        "total": 1,
+        "data": {},
+    },
+    doc="A page of result rows, how many there are, and query-specific data (curves).",
+)
+
+# run profiles
+_PROFILE: Final = Dict(Value(max_depth=5), max_len=64)
+_PROFILE_NAME: Final = Str(min_len=1, max_len=200, pattern=r"[^/\\\x00\n\"]+", what="profile name")
+_EXAMPLE_PROFILE: Final = {
+    "name": "SSH cluster",
+    "manager_command": "$command",
+    "gui_address": "",
+    "controller_address": "",
+    "commands": [
+        {
+            "command_to_run": "$command",
+            "number_of_copies": 2,
+            "threads_per_copy": 1,
+            "delay_ms": 10,
+            "override_total_copies": False,
+            "overridden_total_copies": 0,
+            "host": "node07",
+        }
+    ],
+    "launcher": "ssh",
+    "worker_python": "",
+    "ssh": {"known_hosts": "", "keepalive_s": 5.0},
+    "scheduler": {"kind": "slurm", "mode": "batch"},
+}
+_define(
+    "profiles_list",
+    [_C2D],
+    {},
+    example={},
+    replies=["profiles_reply"],
+    doc="List the run profiles.",
+)
+_define(
+    "profile_save",
+    [_C2D],
+    {"profile": _PROFILE},
+    example={"profile": _EXAMPLE_PROFILE},
+    replies=["profiles_reply"],
+    doc="Create or replace a run profile.",
+)
+_define(
+    "profile_delete",
+    [_C2D],
+    {"name": _PROFILE_NAME},
+    example={"name": "SSH cluster"},
+    replies=["profiles_reply"],
+    doc="Delete a stored run profile.",
+)
+_define(
+    "profiles_import",
+    [_C2D],
+    {"text": Str(max_len=256 * 1024)},
+    example={"text": "number_of_profiles=0\n"},
+    replies=["profiles_reply"],
+    doc="Import cisTEM's default_run_profiles.txt.",
+)
+_define(
+    "profiles_export",
+    [_C2D],
+    {"names": Opt(List(_PROFILE_NAME, max_len=1000), [])},
+    example={"names": ["SSH cluster"]},
+    replies=["profiles_text"],
+    doc="Export run profiles in cisTEM's default_run_profiles.txt format.",
+)
+_define(
+    "profiles_reply",
+    [_D2C],
+    {
+        "profiles": List(_PROFILE, max_len=1000),
+        "names": Opt(List(_PROFILE_NAME, max_len=1000), []),
+    },
+    example={"profiles": [_EXAMPLE_PROFILE], "names": ["SSH cluster"]},
+    doc="The run profiles after a change; names saved or imported.",
+)
+_define(
+    "profiles_text",
+    [_D2C],
+    {"text": Str(max_len=256 * 1024)},
+    example={"text": "number_of_profiles=0\n"},
+    doc="Run profiles in cisTEM's text format.",
+)
+_define(
+    "positions_edit",
+    [_C2D],
+    {
+        "project": _PATH,
+        "operation": Str(choices=("add", "remove")),
+        "image_asset_id": Int(min=1),
+        "x": Opt(List(Float(), max_len=10_000), []),
+        "y": Opt(List(Float(), max_len=10_000), []),
+        "position_ids": Opt(List(Int(min=1), max_len=10_000), []),
+        "radius_angstroms": Opt(Float(min=0.0), 50.0),
+    },
+    example={
+        "project": "/data/apoferritin",
+        "operation": "add",
+        "image_asset_id": 3,
+        "x": [512.5, 1020.0],
+        "y": [300.0, 811.25],
+    },
+    replies=["positions_reply"],
+    doc="Add or remove particle positions on one image (manual editing of picks).",
+)
+_define(
+    "positions_reply",
+    [_D2C],
+    {
+        "image_asset_id": Int(min=1),
+        "operation": Str(choices=("add", "remove")),
+        "position_ids": List(Int(min=1), max_len=10_000),
+        "total": _COUNT,
+    },
+    example={"image_asset_id": 3, "operation": "add", "position_ids": [41, 42], "total": 42},
+    doc="The positions added or removed and how many the image holds now.",
 )

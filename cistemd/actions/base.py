@@ -249,6 +249,12 @@ class Action:
 # One entry per line so independent changes do not collide.
 ACTION_MODULES: dict[str, str] = {
     "selftest": "cistemd.actions.selftest",
+    "generate_3d": "cistemd.actions.generate_3d",
+    "find_particles": "cistemd.actions.find_particles",
+    "create_refinement_package": "cistemd.actions.refinement_package",
+    "find_ctf": "cistemd.actions.find_ctf",
+    "sharpen_map": "cistemd.actions.sharpen_map",
+    "align_movies": "cistemd.actions.align_movies",
 }
 
 

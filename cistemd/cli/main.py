@@ -34,15 +34,26 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobs",
     "job",
     "results",
-    # standalone programs (cisTEM's binaries)
+    "picks",
+    "packages",
+    "profile",
+    # standalone programs (cisTEM's binaries), in pipeline order
+    "unblur",
+    "ctffind",
+    "find_particles",
+    "project3d",
+    "reconstruct3d",
+    "merge3d",
+    "sharpen_map",
 )
 
 _COMING = """\
 jobs run in the cistemd daemon (`cistemd start`); they go on when you log out.
+`cistem run ACTION` submits one (align_movies, find_ctf, find_particles,
+create_refinement_package, generate_3d, sharpen_map, selftest).
 
 coming in later releases (see the issues):
-  unblur, ctffind, find-particles, refine2d, refine3d, reconstruct3d, sharpen-map
-                                                    each program standalone, like cisTEM's binaries
+  refine2d, refine3d, ab-initio       2D classification, refinement, ab-initio 3D
 """
 
 

@@ -104,6 +104,7 @@ _LEASE_NONE_S: Final = 7 * 24 * 3600.0
 _SHUTDOWN_WAIT_S: Final = 4.0
 _CLIENT_QUEUE: Final = 64  # messages buffered per client before it must wait
 _WORKER_QUEUE: Final = 1000  # per worker: heartbeats, progress and outcomes
+_LAUNCHER_SAVE_S: Final = 2.0  # least time between two checks of a remote launcher's handle
 
 
 class DaemonError(CistemError):
@@ -232,8 +233,12 @@ def resolve_profile(name: str, home: CistemHome) -> RunProfile:
     )
 
     key = name.strip()
+    stored_default = (home.root / "profiles" / f"{DEFAULT_LOCAL_PROFILE_NAME}.json").exists()
     if key in ("", "local", "default", DEFAULT_LOCAL_PROFILE_NAME):
-        return default_local_profile()
+        if stored_default:  # edited or imported: the user's Default Local
+            key = DEFAULT_LOCAL_PROFILE_NAME
+        else:
+            return default_local_profile()
     if key.startswith("local:"):
         count = key.split(":", 1)[1]
         if not count.isdigit() or not 1 <= int(count) <= 4096:
@@ -398,6 +403,7 @@ class Daemon:
         self._stop_reason: str | None = None
         self._shutting_down = False
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
+        self._launcher_saves: dict[tuple[str, str, int], tuple[float, str]] = {}
         self._state_config = sm.StateConfig(
             heartbeat_interval=self.config.heartbeat_interval_s,
             liveness=self.config.liveness,
@@ -429,8 +435,17 @@ class Daemon:
             "assets_list": self._on_assets_list,
             "groups_list": self._on_groups_list,
             "groups_edit": self._on_groups_edit,
+            "positions_edit": self._on_positions_edit,
             "job_tasks": self._on_job_tasks,
             "job_results": self._on_job_results,
+            "actions_list": self._on_results_queries,
+            "image_preview": self._on_results_queries,
+            "results_query": self._on_results_queries,
+            "profiles_list": self._on_profiles,
+            "profile_save": self._on_profiles,
+            "profile_delete": self._on_profiles,
+            "profiles_import": self._on_profiles,
+            "profiles_export": self._on_profiles,
         }
 
     # ================================================================== life cycle
@@ -1217,6 +1232,13 @@ class Daemon:
             except CistemError as exc:
                 logger.warning("job %d: cannot re-attach launcher %d: %s", job_id, index, exc)
                 continue
+            if launcher.endpoint.startswith("tcp://"):
+                try:  # its workers come back to the address they were given
+                    self._bind_tcp_workers(launcher.endpoint)
+                except (CistemError, OSError, zmq.ZMQError) as exc:
+                    logger.error(
+                        "job %d: cannot listen on %s again: %s", job_id, launcher.endpoint, exc
+                    )
             job = op.jobs.get(str(job_id))
             if job is None:  # the job has ended: its leftovers must go
                 job = self._job_runtime(op, job_id)
@@ -1707,6 +1729,25 @@ class Daemon:
             )
         self._reply(sock, identity, msg, "groups_reply", reply, op)
 
+    def _on_positions_edit(
+        self, sock: zmq.Socket[Any], identity: bytes, msg: protocol.Message
+    ) -> None:
+        from cistemd.manager import client_ops
+
+        content = msg.content
+        op = self._project_arg(content["project"])
+        with self._savepoint(op):
+            reply = client_ops.edit_positions(
+                op.project,
+                content["operation"],
+                int(content["image_asset_id"]),
+                x_angstroms=content["x"],
+                y_angstroms=content["y"],
+                position_ids=content["position_ids"],
+                radius_angstroms=float(content["radius_angstroms"]),
+            )
+        self._reply(sock, identity, msg, "positions_reply", reply, op)
+
     def _on_job_tasks(self, sock: zmq.Socket[Any], identity: bytes, msg: protocol.Message) -> None:
         from cistemd.manager import client_ops
 
@@ -1735,6 +1776,37 @@ class Daemon:
             offset=int(content["offset"]),
         )
         self._reply(sock, identity, msg, "job_results_reply", reply)
+
+    def _on_results_queries(
+        self, sock: zmq.Socket[Any], identity: bytes, msg: protocol.Message
+    ) -> None:
+        """Serve ``actions_list``, ``image_preview`` and ``results_query`` (read-only)."""
+        from cistemd.manager import client_ops
+
+        content = msg.content
+        if msg.msg_type == "actions_list":
+            self._reply(sock, identity, msg, "actions_reply", client_ops.list_actions())
+            return
+        op = self._project_arg(content["project"])
+        if msg.msg_type == "image_preview":
+            reply = client_ops.image_preview(
+                op.project,
+                content["source"],
+                asset_id=int(content["asset_id"]),
+                path=content["path"],
+                which=content["which"],
+                max_size=int(content["max_size"]),
+            )
+            self._reply(sock, identity, msg, "image_reply", reply)
+            return
+        reply = client_ops.results_query(
+            op.project,
+            content["query"],
+            content["parameters"],
+            limit=int(content["limit"]),
+            offset=int(content["offset"]),
+        )
+        self._reply(sock, identity, msg, "results_reply", reply)
 
     # ================================================================== worker messages
 
@@ -1977,24 +2049,46 @@ class Daemon:
     # ================================================================== launching
 
     def _launch(self, op: _OpenProject, ins: sm.LaunchWorkers) -> None:
-        from cistemd.manager.launchers import LocalLauncher, worker_command
+        from cistemd.manager.launchers import create_launcher, worker_command
 
         job = op.jobs.get(ins.job_id)
         if job is None or job.ended or self._shutting_down:
             return
         profile = job.profile
+        endpoint = self.home.workers_endpoint
+        credentials: str | None = None
+        if profile.remote:
+            try:
+                endpoint, credentials = self._remote_worker_access(job)
+            except (CistemError, OSError, zmq.ZMQError) as exc:
+                logger.error("job %s: no TCP endpoint for remote workers: %s", job.job_id, exc)
+                self._drive(
+                    op,
+                    sm.LaunchFailed(
+                        job.job_id, ins.n, f"no endpoint for remote workers: {exc}",
+                        time.monotonic(),
+                    ),
+                )  # fmt: skip
+                return
         yielded = 0
         for command, copies in profile.launch_plan(ins.n):
             index = profile.commands.index(command)
             launcher = job.launchers.get(index)
             if launcher is None:
-                launcher = LocalLauncher(
-                    self.home.logs_dir / "workers" / f"job-{job.job_id}",
-                    command_template=command.command_to_run,
-                    delay_ms=command.delay_ms,
+                launcher = create_launcher(
+                    profile,
+                    command,
+                    log_dir=self.home.logs_dir / "workers" / f"job-{job.job_id}",
                     grace_seconds=self.config.kill_grace_s,
+                    tag=f"job{job.job_id}-c{index}",
+                    endpoint=endpoint if profile.remote else "",
                 )
                 job.launchers[index] = launcher
+                if credentials is not None:
+                    launcher.deliver_credentials(credentials)
+            worker_credentials = (
+                None if credentials is None else launcher.worker_credentials_path(credentials)
+            )
             commands = []
             new_ids = []
             for _ in range(copies):
@@ -2002,13 +2096,14 @@ class Daemon:
                 new_ids.append(worker_id)
                 commands.append(
                     worker_command(
-                        endpoint=self.home.workers_endpoint,
+                        endpoint=endpoint,
                         job_id=job.job_id,
                         worker_id=worker_id,
                         threads=command.threads_per_copy,
                         heartbeat_interval_s=self.config.heartbeat_interval_s,
                         death_timeout_s=self.config.worker_death_timeout_s,
-                        python=self.config.worker_python,
+                        credentials_file=worker_credentials,
+                        python=profile.worker_python or self.config.worker_python,
                     )
                 )
             for worker_id in new_ids:
@@ -2053,6 +2148,8 @@ class Daemon:
                         logger.exception("job %s: polling launcher %d failed", job.job_id, index)
                         continue
                     if not exits:
+                        if launcher.kind != "local":
+                            self._save_if_changed(op, job, index, launcher, now)
                         continue
                     for item in exits:
                         self._on_worker_exit(op, job, item, now)
@@ -2066,6 +2163,27 @@ class Daemon:
                 ):
                     self._retire_job(op, job)
 
+    def _save_if_changed(
+        self, op: _OpenProject, job: _Job, index: int, launcher: Launcher, now: float
+    ) -> None:
+        """Store a remote launcher's handle again when it learnt something (at most every 2 s).
+
+        SSH pids and scheduler job states arrive after the launch; a daemon killed
+        in between must still find them, to re-attach and to cancel.
+        """
+        import json
+
+        key = (op.path, job.job_id, index)
+        last = self._launcher_saves.get(key)
+        if last is not None and now - last[0] < _LAUNCHER_SAVE_S:
+            return
+        record = launcher.to_dict()
+        text = json.dumps(record, sort_keys=True)
+        if last is None or text != last[1]:
+            with self._savepoint(op):
+                op.store.save_launcher(int(job.job_id), index, record)
+        self._launcher_saves[key] = (now, text)
+
     def _retire_job(self, op: _OpenProject, job: _Job) -> None:
         """Drop the runtime record of a job that has ended and has no process left."""
         if job.launchers:
@@ -2076,6 +2194,9 @@ class Daemon:
         for conn in list(self._workers.values()):
             if conn.job is job:
                 self._forget_worker(conn)
+        self._drop_job_credentials(job.job_id)
+        for key in [k for k in self._launcher_saves if k[:2] == (op.path, job.job_id)]:
+            del self._launcher_saves[key]
 
     def _on_worker_exit(self, op: _OpenProject, job: _Job, item: WorkerExit, now: float) -> None:
         code = (
@@ -2228,6 +2349,158 @@ class Daemon:
                     int(job.job_id), index, launcher.to_dict(), done=not launcher.is_alive()
                 )
 
+
+    # ================================================================== remote workers
+
+    def _ensure_zap(self) -> None:
+        """Start answering CURVE authentication requests (before any CURVE socket binds)."""
+        if self._zap is None:
+            from cistemd.manager.keys import ZapAllowList
+
+            assert self._context is not None
+            self._zap = ZapAllowList(self._context, self.home.authorized_dir)
+            self._poller.register(self._zap.socket, zmq.POLLIN)
+
+    def _bind_tcp_workers(self, endpoint: str) -> str:
+        """Listen for CURVE workers at ``endpoint`` (``tcp://ADDR:PORT``, port ``*`` = any).
+
+        Returns the bound endpoint; binding the same address again returns the
+        socket already there. A port picked for an address is remembered in
+        ``$CISTEM_HOME/tcp_workers.json`` and used again by the next daemon,
+        so workers that outlive a daemon find its successor.
+        """
+        import json
+
+        from cistemd.manager.keys import CURVE_DOMAIN, ensure_server_keys
+
+        address, _, port = endpoint[len("tcp://") :].rpartition(":")
+        for sock in self._worker_sockets[1:]:
+            bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            bound_address, _, bound_port = bound[len("tcp://") :].rpartition(":")
+            if bound_address == address and port in ("*", "0", bound_port):
+                return bound
+        remembered_file = self.home.root / "tcp_workers.json"
+        try:
+            remembered = json.loads(remembered_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            remembered = {}
+        if not isinstance(remembered, dict):
+            remembered = {}
+        candidates = [port] if port not in ("*", "0") else []
+        if not candidates:
+            if isinstance(remembered.get(address), int):
+                candidates.append(str(remembered[address]))
+            candidates.append("*")
+        self._ensure_zap()
+        keys = ensure_server_keys(self.home.keys_dir)
+        sock = self._router(protocol.DEFAULT_LIMITS.transport_max_bytes)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret or b"")
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+        sock.setsockopt_string(zmq.ZAP_DOMAIN, CURVE_DOMAIN)
+        error: zmq.ZMQError | None = None
+        for candidate in candidates:
+            try:
+                sock.bind(f"tcp://{address}:{candidate}")
+                error = None
+                break
+            except zmq.ZMQError as exc:
+                error = exc
+        if error is not None:
+            sock.close(linger=0)
+            raise error
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._worker_sockets.append(sock)
+        self._poller.register(sock, zmq.POLLIN)
+        remembered[address] = int(bound.rpartition(":")[2])
+        with contextlib.suppress(OSError):
+            from cistemd.manager.home import _atomic_write_text
+
+            _atomic_write_text(remembered_file, json.dumps(remembered) + "\n")
+        logger.info("listening for remote workers on %s (CURVE)", bound)
+        return bound
+
+    def _remote_worker_access(self, job: _Job) -> tuple[str, str]:
+        """Return the TCP endpoint and the 0600 credentials file for ``job``'s remote workers.
+
+        The job gets its own CURVE key pair: its public key joins the
+        allow-list (``keys/authorized/job-N.key``) for the job's life, the
+        pair and the daemon's public key go into ``credentials/job-N.json``
+        (0600), which the launchers hand to the workers (shared filesystem, or
+        through the SSH channel) -- never on a command line.
+        """
+        from cistemd.manager.home import check_private_dir
+        from cistemd.manager.keys import (
+            authorize_public_key,
+            ensure_server_keys,
+            generate_keypair,
+            read_credentials_file,
+            write_credentials_file,
+        )
+        from cistemd.manager.launchers import resolve_worker_address
+
+        profile = job.profile
+        probe = next((command.host for command in profile.commands if command.host), "")
+        address, port = resolve_worker_address(profile.gui_address, probe)
+        endpoint = self._bind_tcp_workers(f"tcp://{address}:{port or '*'}")
+        directory = self.home.root / "credentials"
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+        check_private_dir(directory)
+        path = directory / f"job-{job.job_id}.json"
+        if path.exists():
+            existing = read_credentials_file(path)
+            if existing["endpoint"] == endpoint:
+                return endpoint, str(path)
+            path.unlink()
+        server = ensure_server_keys(self.home.keys_dir)
+        keys = generate_keypair()
+        key_file = self.home.authorized_dir / f"job-{job.job_id}.key"
+        key_file.unlink(missing_ok=True)
+        authorize_public_key(self.home.authorized_dir, f"job-{job.job_id}", keys.public)
+        write_credentials_file(path, server_public=server.public, client=keys, endpoint=endpoint)
+        if self._zap is not None:
+            self._zap.reload()
+        return endpoint, str(path)
+
+    def _drop_job_credentials(self, job_id: str) -> None:
+        """Take an ended job's key out of the allow-list and delete its credentials file."""
+        key_file = self.home.authorized_dir / f"job-{job_id}.key"
+        credentials = self.home.root / "credentials" / f"job-{job_id}.json"
+        if not key_file.exists() and not credentials.exists():
+            return
+        key_file.unlink(missing_ok=True)
+        credentials.unlink(missing_ok=True)
+        if self._zap is not None:
+            self._zap.reload()
+
+    # ================================================================== run profiles
+
+    def _on_profiles(self, sock: zmq.Socket[Any], identity: bytes, msg: protocol.Message) -> None:
+        """Serve ``profiles_list|profile_save|profile_delete|profiles_import|profiles_export``."""
+        from cistemd.manager.profile_store import ProfileStore
+        from cistemd.manager.profiles import RunProfile
+
+        store = ProfileStore(self.home.root / "profiles")
+        content = msg.content
+        names: list[str] = []
+        if msg.msg_type == "profiles_export":
+            text = store.export_text(content["names"] or None)
+            self._reply(sock, identity, msg, "profiles_text", {"text": text})
+            return
+        if msg.msg_type == "profile_save":
+            profile = RunProfile.from_dict(content["profile"])
+            store.save(profile)
+            names = [profile.name]
+        elif msg.msg_type == "profile_delete":
+            store.delete(content["name"])
+        elif msg.msg_type == "profiles_import":
+            names = store.import_text(content["text"])
+        profiles = [profile.to_dict() for profile in store.all()]
+        self._reply(
+            sock, identity, msg, "profiles_reply", {"profiles": profiles, "names": names}
+        )
 
 def _outgoing(msg_type: str, content: Mapping[str, Any]) -> protocol.Message:
     """Build a message for :func:`protocol.encode`, which checks it.
