@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 
-def cistem(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cistem(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cistemd.cli.main", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -40,32 +42,56 @@ def test_every_command_has_help(command):
     assert f"cistem {command}" in completed.stdout
 
 
-def test_demo_builds_a_project_with_the_simulated_movies(tmp_path):
+@pytest.mark.slow
+def test_demo_runs_the_pipeline_through_a_private_daemon(tmp_path):
     demo_dir = tmp_path / "demo"
     completed = cistem(
-        "demo", "--dir", str(demo_dir), "--movies", "2", "--size", "256", "--frames", "4", "--json"
+        "demo", "--dir", str(demo_dir), "--movies", "2", "--size", "1024", "--frames", "8",
+        "--json", timeout=900,
     )
-    assert completed.returncode == 0, completed.stderr
+    assert completed.returncode == 0, completed.stderr + completed.stdout[-3000:]
     report = json.loads(completed.stdout)
+    assert [job["action"] for job in report["jobs"]] == [
+        "align_movies", "find_ctf", "find_particles", "create_refinement_package"
+    ]
+    assert all(job["state"] == "completed" for job in report["jobs"]), report["jobs"]
     assert report["project"]["movies"] == 2
+    assert report["project"]["images"] == 2
+    assert report["project"]["refinement_packages"] == 1
     assert report["project_integrity"] == []
-    truth = json.loads((demo_dir / "data" / "truth.json").read_text())
-    assert len(truth["micrographs"]) == 2
+    accuracy = report["accuracy_against_truth"]
+    assert accuracy["drift_rms_error_angstroms_median"] < 1.0
+    assert accuracy["picking_precision"] > 0.8
+    assert accuracy["particles_in_packages"][0] > 0
 
     db = demo_dir / "CistemDemo" / "CistemDemo.db"
     with sqlite3.connect(db) as connection:
         rows = connection.execute(
             "SELECT FILENAME, NUMBER_OF_FRAMES, GAIN_FILENAME FROM MOVIE_ASSETS ORDER BY 1"
         ).fetchall()
+        estimates = connection.execute("SELECT COUNT(*) FROM ESTIMATED_CTF_PARAMETERS").fetchone()
     assert [Path(row[0]).name for row in rows] == ["sim_0001.tif", "sim_0002.tif"]
-    assert all(row[1] == 4 and row[2].endswith("gain_reference.mrc") for row in rows)
+    assert all(row[1] == 8 and row[2].endswith("gain_reference.mrc") for row in rows)
+    assert estimates[0] == 2
+    # the private daemon and its workers are gone when the demo returns
+    processes = subprocess.run(
+        ["ps", "axww", "-o", "args"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert not [line for line in processes if str(demo_dir / ".cistemd") in line]
 
-    # running it again replaces the demo directory rather than failing or appending
-    again = cistem(
-        "demo", "--dir", str(demo_dir), "--movies", "1", "--size", "256", "--frames", "4", "--json"
-    )
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["project"]["movies"] == 1
+
+def test_demo_import_only_rebuilds_its_directory(tmp_path):
+    demo_dir = tmp_path / "demo"
+    for movies in (2, 1):
+        completed = cistem(
+            "demo", "--dir", str(demo_dir), "--movies", str(movies), "--size", "256",
+            "--frames", "4", "--import-only", "--json",
+        )
+        assert completed.returncode == 0, completed.stderr
+        report = json.loads(completed.stdout)
+        # running it again replaces the demo directory rather than failing or appending
+        assert report["project"]["movies"] == movies
+        assert report["jobs"] == []
 
 
 def test_demo_never_touches_a_directory_it_did_not_make(tmp_path):
