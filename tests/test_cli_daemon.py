@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import daemon_fixtures as fx
 import numpy as np
 import pytest
 
-import tests.daemon_fixtures as fx
 from cistemd.actions.simulate import SimulationSpec, simulate_dataset
 from cistemd.io import mrc
 

@@ -89,12 +89,13 @@ def _valid_frames() -> list[bytes]:
 ENVELOPE_HEAD = b"\x83\xa6header" + _pack(_wire()["header"]) + b"\xadparent_header\x80\xa7content"
 
 
-def _best_time(function: Callable[[], object], repeat: int = 3) -> float:
+def _best_time(function: Callable[[], object], repeat: int = 5) -> float:
+    """Best CPU time of ``repeat`` calls: bounds the work, not the machine's load."""
     best = math.inf
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = time.process_time()
         function()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best
 
 
@@ -638,7 +639,7 @@ FUZZ = settings(
 
 
 def _decode_only_protocol_errors(frame: bytes) -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         message = decode(frame)
     except ProtocolError as error:
@@ -647,7 +648,7 @@ def _decode_only_protocol_errors(frame: bytes) -> None:
     else:
         assert isinstance(message, Message)
         encode(message)  # anything accepted can be sent back
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 @FUZZ
