@@ -329,11 +329,21 @@ def test_selftest_job_from_the_form_by_keys_with_a_real_daemon(daemon, home, tmp
             assert "selftest" in [a["name"] for a in panel.actions]
             app.query_one("#action-choice", Select).value = "selftest"
             await _until(pilot, lambda: bool(app.query("#field-tasks")), timeout=20)
+            # the profile list arrives asynchronously; type only into a settled form
+            await _until(
+                pilot, lambda: app.query_one("#profile-choice", Select).value != Select.BLANK
+            )
+            await pilot.pause()
             app.query_one("#field-tasks", Input).focus()
             await pilot.press("end", "backspace", "backspace", "4", "tab", "end")
             await pilot.press(*["backspace"] * 5, *"0.3")
+            await _until(pilot, lambda: app.query_one("#field-tasks", Input).value == "4")
             await pilot.press("f5")
-            await _until(pilot, lambda: panel.job_id is not None, timeout=20)
+            status = app.query_one("#action-status")
+            try:
+                await _until(pilot, lambda: panel.job_id is not None, timeout=20)
+            except AssertionError:
+                raise AssertionError(f"no job started; status: {status.render()}") from None
             bar = app.query_one("#action-progress", ProgressBar)
             await _until(pilot, lambda: panel.job_state == "completed", timeout=60)
             await _until(pilot, lambda: bar.progress == pytest.approx(1.0))

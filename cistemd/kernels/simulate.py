@@ -27,11 +27,15 @@ Image formation (weak-phase object, one defocus plane)
    exposure is what the detector counts through the specimen. (Negative
    intensities, which the linear model could give in extreme cases, are
    clipped to 0.) Proteins (positive potential) look dark in underfocus.
-4. **Radiation damage** (optional): ``D_i(k) = exp(−N_i / (2 N_c(k)))`` with
-   Grant & Grigorieff's critical exposure ``N_c = (0.24499 k^−1.6649 + 2.8141) s``
-   (s = 1 / 0.8 / 0.532 at 300 / 200 / 100 kV, interpolated between) and
-   ``N_i`` the cumulative exposure at the *middle* of frame ``i`` including
-   the pre-exposure.
+4. **Radiation damage** (optional): the amplitude decays as ``exp(−N / (2 N_c(k)))``
+   with the cumulative exposure ``N`` (pre-exposure included) and Grant &
+   Grigorieff's critical exposure ``N_c = (0.24499 k^−1.6649 + 2.8141) s``
+   (s = 1 / 0.8 / 0.532 at 300 / 200 / 100 kV, interpolated between). A frame
+   integrates its exposure ``[N_i, N_i + e]``, so ``D_i(k)`` is that decay
+   *averaged* over the frame: ``exp(−N_i r)·(1 − exp(−e r)) / (e r)`` with
+   ``r = 1 / (2 N_c)``. (Taking the frame's midpoint instead underestimates a
+   single long exposure's high-resolution power several-fold; for movie
+   frames of a few e/Å² the two agree to < 0.3 %.)
 5. **Drift.** Frame ``i`` shows the specimen displaced by
    ``frame_shifts_angstroms[i] = (dx, dy)``: ``frame_i(x, y) = still(x − dx, y − dy)``
    with ``still`` the image of the undisplaced specimen (Fourier phase shift,
@@ -1316,8 +1320,13 @@ def simulate_movie(
     for i in range(n_frames):
         spectrum = phase_spectrum
         if critical is not None:
-            exposure = pre_exposure_e_per_a2 + (i + 0.5) * exposure_per_frame_e_per_a2
-            spectrum = spectrum * np.exp(-0.5 * exposure / critical)
+            # the decay averaged over the frame's exposure [start, start + e]
+            rate = 0.5 / critical
+            start = pre_exposure_e_per_a2 + i * exposure_per_frame_e_per_a2
+            x = rate * exposure_per_frame_e_per_a2
+            tiny = x < 1e-8
+            average = np.where(tiny, 1.0, -np.expm1(-x) / np.where(tiny, 1.0, x))
+            spectrum = spectrum * (np.exp(-rate * start) * average)
         dx, dy = shifts[i]
         if dx or dy:
             spectrum = spectrum * np.exp(-2j * np.pi * (kx * dx + ky * dy))
