@@ -6,6 +6,10 @@
 * :mod:`~cistemd.manager.state` -- the pure job/task state machine;
 * :mod:`~cistemd.manager.store` -- jobs, tasks, results and events in the project DB;
 * :mod:`~cistemd.manager.daemon` -- the broker loop that ties them together;
-* :mod:`~cistemd.manager.profiles` / :mod:`~cistemd.manager.launchers` -- run
-  profiles and the processes they start (local now; SSH and schedulers next).
+* :mod:`~cistemd.manager.profiles` / :mod:`~cistemd.manager.profile_store` -- run
+  profiles (cisTEM's model) and where they are kept, cisTEM's text format in and out;
+* :mod:`~cistemd.manager.launchers` -- the Launcher interface and local workers;
+  :mod:`~cistemd.manager.ssh` (paramiko) and :mod:`~cistemd.manager.schedulers`
+  (SLURM, SGE, LSF, PBS) start workers elsewhere;
+* :mod:`~cistemd.manager.client_ops` -- what client requests do to a project.
 """
