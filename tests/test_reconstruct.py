@@ -149,3 +149,72 @@ def test_selection_weights_and_half_sets() -> None:
     adjusted = reconstruct.adjust_scores_for_defocus(scores, defocus)
     assert abs(np.polyfit(defocus, adjusted, 1)[0]) < 1e-9
     assert adjusted.mean() == pytest.approx(scores.mean())
+
+
+def _reference_insertion(
+    batch: reconstruct.ParticleBatch, sym: np.ndarray, n: int, padding: int, pixel: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plain trilinear spreading, one lattice point at a time (no CTF)."""
+    from cistemd.kernels.rotation import euler_to_matrix
+
+    big_n = n * padding
+    num = np.zeros((2, big_n, big_n, big_n // 2 + 1), np.complex128)
+    ctf2 = np.zeros((2, big_n, big_n, big_n // 2 + 1))
+
+    def put(h: int, x: int, y: int, z: int, value: complex, weight: float) -> None:
+        if x > big_n // 2:
+            x -= big_n
+        if x < 0:
+            x, y, z, value = -x, -y, -z, np.conj(value)
+        elif x == 0:  # the x = 0 plane also holds the Friedel mate
+            num[h, -z % big_n, -y % big_n, 0] += np.conj(value)
+            ctf2[h, -z % big_n, -y % big_n, 0] += weight
+        num[h, z % big_n, y % big_n, x] += value
+        ctf2[h, z % big_n, y % big_n, x] += weight
+
+    angles = np.asarray(batch.euler_degrees)
+    rotations = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2])
+    for p, image in enumerate(np.asarray(batch.images, np.float64)):
+        transform = np.fft.rfft2(image)
+        centre = n // 2 + np.asarray(batch.shifts_angstroms[p]) / pixel
+        h = int(batch.halves[p])
+        for iy in range(n):
+            ky = iy if iy < (n + 1) // 2 else iy - n
+            for ix in range(0 if ky >= 0 else 1, n // 2 + 1):
+                if ix * ix + ky * ky > (n / 2) ** 2:
+                    continue
+                k2 = (ix * ix + ky * ky) / (n * pixel) ** 2
+                weight = batch.weights[p] * np.exp(batch.score_b_factors[p] * k2 / 4)
+                phase = np.exp(2j * np.pi * (ix * centre[0] + ky * centre[1]) / n)
+                value = transform[iy, ix] * phase * weight
+                for operator in sym:
+                    q = padding * (rotations[p] @ operator.T).T @ np.array([ix, ky, 0.0])
+                    v = value
+                    if q[0] < 0:
+                        q, v = -q, np.conj(value)
+                    corner = np.floor(q).astype(int)
+                    f = q - corner
+                    for d in np.ndindex(2, 2, 2):
+                        t = np.prod(np.where(np.array(d) == 1, f, 1 - f))
+                        put(h, *(corner + np.array(d)), v * t, weight * t)
+    return num, ctf2
+
+
+@pytest.mark.parametrize("padding", [1, 2])
+def test_insertion_matches_plain_trilinear_spreading(padding: int) -> None:
+    n, m, pixel = 10, 4, 1.5
+    rng = np.random.default_rng(5)
+    angles = random_orientations(m, rng)
+    batch = _batch(
+        rng.normal(size=(m, n, n)).astype(np.float32),
+        angles,
+        shifts_angstroms=rng.uniform(-3, 3, (m, 2)),
+        weights=rng.uniform(0.5, 2.0, m),
+        score_b_factors=rng.uniform(-50, 50, m),
+    )
+    sym = np.array([np.eye(3), np.diag([-1.0, -1.0, 1.0])])  # C2
+    rec = reconstruct.Reconstruction.empty(n, pixel, padding=padding)
+    rec.insert(batch, symmetry_matrices=sym, use_ctf=False)
+    num, ctf2 = _reference_insertion(batch, sym, n, padding, pixel)
+    np.testing.assert_allclose(rec.numerator, num, atol=1e-5 * np.abs(num).max())
+    np.testing.assert_allclose(rec.ctf_squared, ctf2, atol=1e-5 * ctf2.max())
