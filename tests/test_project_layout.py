@@ -109,3 +109,19 @@ def test_scratch_and_bad_names(layout: ProjectLayout) -> None:
     for name in ("", "a/b", ".."):
         with pytest.raises(ValueError):
             ProjectLayout(Path("/x"), name)
+
+
+def test_adopt_file_moves_outputs_into_assets_and_skips_missing_ones(tmp_path):
+    from cistemd.project.layout import adopt_file
+
+    scratch = tmp_path / "Scratch" / "job_1"
+    scratch.mkdir(parents=True)
+    output = scratch / "sum.mrc"
+    output.write_bytes(b"data")
+    target = tmp_path / "Assets" / "Images" / "movie_1_0.mrc"
+    assert adopt_file(str(output), target) == target
+    assert target.read_bytes() == b"data" and not output.exists()
+    # an optional output the task did not write is no asset and no error
+    assert adopt_file(str(scratch / "absent.mrc"), tmp_path / "Assets" / "x.mrc") is None
+    assert adopt_file(None, tmp_path / "Assets" / "y.mrc") is None
+    assert not (tmp_path / "Assets" / "x.mrc").exists()

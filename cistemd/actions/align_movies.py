@@ -31,6 +31,7 @@ from typing import Any
 
 from cistemd.actions.base import Action, JSONLike, Parameter, Stage, TaskContext, TaskSpec
 from cistemd.errors import InvalidInputError
+from cistemd.project.layout import adopt_file
 
 __all__ = ["ACTION", "AlignMovies", "align_movie_file", "unblur_parameters"]
 
@@ -425,10 +426,7 @@ class AlignMovies(Action):
             "scaled_sum": layout.scaled_sum_path(movie_filename, movie_id, n),
         }
         for key, target in targets.items():
-            source = result.get(key)
-            if source:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(str(source), target)
+            adopt_file(str(result.get(key) or ""), target)
         settings = dict(result.get("settings") or {})
         columns: dict[str, Any] = {}
         for name, column in _COLUMNS.items():

@@ -24,6 +24,7 @@ from typing import Any
 
 from cistemd.actions.base import Action, JSONLike, Parameter, Stage, TaskContext, TaskSpec
 from cistemd.errors import InvalidInputError
+from cistemd.project.layout import adopt_file
 
 __all__ = ["ACTION", "FindCTF", "read_image_or_movie", "run_ctffind_on_file"]
 
@@ -438,8 +439,8 @@ class FindCTF(Action):
             "avrot": layout.ctf_avrot_path(image_filename, n),
         }
         for key, target in targets.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(str(result[key]), target)
+            if adopt_file(str(result[key]), target) is None:
+                raise FileNotFoundError(f"the task's {key} output {result[key]} is missing")
         used: Mapping[str, Any] = result["parameters"]
         columns = {
             "ESTIMATED_ON_MOVIE_FRAMES": int(bool(result.get("is_movie"))),

@@ -24,13 +24,13 @@ Two ways, as the wizard (reference §3.3; rows in :mod:`cistemd.project.packages
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cistemd.actions.base import Action, JSONLike, Parameter, Stage, TaskContext, TaskSpec
 from cistemd.errors import InvalidInputError
+from cistemd.project.layout import adopt_file
 
 __all__ = ["ACTION", "CreateRefinementPackage"]
 
@@ -330,8 +330,8 @@ class CreateRefinementPackage(Action):
         particles.sort(key=lambda p: order[p.position_asset_id])
         package_id = packages.next_package_id(project)
         target = project.layout.particle_stack_path(package_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(str(result["stack"]), target)
+        if adopt_file(str(result["stack"]), target) is None:
+            raise FileNotFoundError(f"the particle stack {result['stack']} is missing")
         Path(str(result["manifest"])).unlink(missing_ok=True)
         packages.record_new_package(
             project, particles, stack_filename=str(target),

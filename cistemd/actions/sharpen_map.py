@@ -38,6 +38,7 @@ import numpy as np
 
 from cistemd.actions.base import Action, JSONLike, Parameter, Stage, TaskContext, TaskSpec
 from cistemd.errors import InvalidInputError
+from cistemd.project.layout import adopt_file
 
 __all__ = [
     "ACTION",
@@ -580,12 +581,9 @@ class SharpenMap(Action):
         name = sharpened_volume_name(job_id, int(result["volume_asset_id"]))
         destination = Path(layout.volumes_dir) / name
         orth_destination = Path(layout.orth_view_path(name))
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        orth_destination.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(str(result["scratch_volume"]), destination)
-        orth_source = Path(str(result["scratch_orth_view"]))
-        if orth_source.exists():
-            os.replace(orth_source, orth_destination)
+        if adopt_file(str(result["scratch_volume"]), destination) is None:
+            raise FileNotFoundError(f"the sharpened volume {result['scratch_volume']} is missing")
+        adopt_file(str(result["scratch_orth_view"]), orth_destination)
         box = int(result["box_size"])
         project.insert_row(
             "VOLUME_ASSETS",

@@ -28,12 +28,14 @@ Everything here is pure path arithmetic except :func:`make_directories`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "ASSET_SUBDIRECTORIES",
     "ProjectLayout",
+    "adopt_file",
     "make_directories",
 ]
 
@@ -362,3 +364,21 @@ def make_directories(layout: ProjectLayout) -> None:
     """Create every directory of ``layout`` that does not exist yet."""
     for directory in layout.directories():
         directory.mkdir(parents=True, exist_ok=True)
+
+
+def adopt_file(
+    source: str | os.PathLike[str] | None, target: str | os.PathLike[str]
+) -> Path | None:
+    """Move a task's output from ``Scratch/`` to its asset name; return the new path.
+
+    The target's folder is made if needed and the file is renamed atomically
+    (same filesystem), so a half-written file is never an asset. An empty
+    ``source`` or one that does not exist (an optional output the task did
+    not write) is left alone and gives ``None``.
+    """
+    if not source or not os.path.exists(source):
+        return None
+    destination = Path(target)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, destination)
+    return destination

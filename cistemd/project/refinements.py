@@ -12,15 +12,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cistemd.errors import InvalidInputError
 from cistemd.io.parameters import ParticleParameters
+from cistemd.project.layout import adopt_file
 from cistemd.project.schema import create_views_for
 
 __all__ = ["record_generate3d", "refinement_particle_parameters"]
@@ -118,27 +117,20 @@ def record_generate3d(project: Any, job_id: int, result: Mapping[str, Any]) -> i
     job_number = _previous_generate3d_jobs(project) + 1
     files = dict(result["files"])
     volume_path = layout.generate3d_volume_path(job_number, refinement_id, class_number)
-    volume_path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(files["volume"], volume_path)
+    if adopt_file(files["volume"], volume_path) is None:
+        raise FileNotFoundError(f"the reconstructed volume {files['volume']} is missing")
     half_paths = ["", ""]
     for half in (1, 2):
-        source = files.get(f"half_map_{half}")
-        if source:
-            target = layout.generate3d_volume_path(
-                job_number, refinement_id, class_number, half_map=half
-            )
-            os.replace(source, target)
+        target = layout.generate3d_volume_path(
+            job_number, refinement_id, class_number, half_map=half
+        )
+        if adopt_file(files.get(f"half_map_{half}"), target) is not None:
             half_paths[half - 1] = str(target)
-    orth = files.get("orth_view")
-    if orth and Path(orth).exists():
-        orth_target = layout.orth_view_path(volume_path.name)
-        orth_target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(orth, orth_target)
-    statistics_file = files.get("statistics")
-    if statistics_file and Path(statistics_file).exists():
-        target = layout.statistics_path(refinement_id, class_number, prefix="generate3d_stats")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(statistics_file, target)
+    adopt_file(files.get("orth_view"), layout.orth_view_path(volume_path.name))
+    adopt_file(
+        files.get("statistics"),
+        layout.statistics_path(refinement_id, class_number, prefix="generate3d_stats"),
+    )
     box = int(result["box_size"])
     psize = float(result["pixel_size_angstroms"])
     stats = result["statistics"]
