@@ -34,9 +34,11 @@ the description of cisTEM's pipeline:
 7. **Matched filter**: each whitened template, restricted to a disc of the
    maximum radius plus the CTF's delocalisation, edge-mean subtracted and
    scaled to a unit sum of squares, is cross-correlated with the whitened
-   micrograph; the score is the best template's at each pixel, expressed in
-   σ of the background score (median and lower half of the score
-   distribution over the allowed area) and zeroed in the excluded areas.
+   micrograph; the correlation is interpolated (zero-padded spectrum) onto a
+   grid twice as fine as the resampled one, the score is the best template's
+   at each point, expressed in σ of the background score (median and lower
+   half of the score distribution over the allowed area) and zeroed in the
+   excluded areas.
 8. **Peaks**: local maxima of the score above the threshold, highest first;
    a peak closer than the maximum radius to an accepted one is dropped
    (accepted peaks too close to the edges are not reported but still
@@ -63,7 +65,12 @@ Differences from cisTEM, and why:
 * Scores are rescaled by the measured background σ, as crowded micrographs
   leave particle signal in the background boxes; the number of background
   boxes is capped at what fits in a quarter of the resampled micrograph.
-* Peak positions are interpolated rather than integer.
+* Peak positions are interpolated rather than integer, and the score is
+  evaluated on a grid twice as fine as the resampled micrograph. Close to
+  focus the CTF passes mostly the frequencies near the highest resolution, so
+  the peaks are only one or two resampled pixels wide and sampling them at the
+  resampled pixels alone lost up to a quarter of their height (0.8 µm,
+  135 Å particle: recall 0.51 → 0.79, 1.2 µm: 0.84 → 1.00).
 
 Coordinates: images are ``(ny, nx)``, x along axis 1. Positions are in Å
 from the centre of the first pixel (x = column × pixel size), cisTEM's
@@ -205,13 +212,15 @@ class PickingMaps:
     Attributes
     ----------
     score
-        ``(my, mx)`` matched-filter score (σ), before exclusions.
+        ``(2·my, 2·mx)`` matched-filter score (σ), before exclusions, on a grid
+        twice as fine as the resampled micrograph ``(my, mx)``.
     excluded
-        ``(my, mx)`` bool, true where an exclusion zeroed the score.
+        ``(2·my, 2·mx)`` bool, true where an exclusion zeroed the score.
     local_mean, local_sigma
         ``(my, mx)`` local statistics of the band-passed micrograph.
     pixel_size_x_angstroms, pixel_size_y_angstroms
-        Pixel size of the resampled grid along each axis.
+        Pixel size of the score grid along each axis (half the resampled
+        micrograph's).
     background_boxes
         Number of background boxes actually used.
     """
@@ -382,7 +391,8 @@ def picking_maps(
     Returns
     -------
     PickingMaps
-        Score, exclusion mask and local statistics on the resampled grid.
+        Score and exclusion mask on a grid twice as fine as the resampled
+        micrograph, local statistics on the resampled grid.
     """
     from scipy import fft as sfft
 
@@ -500,7 +510,7 @@ def picking_maps(
     inside = distance <= support
     rim = inside & (distance > support - 1.5 * pixel)
     transfer = np.abs(ctf_values) * high_pass * whitening
-    score = np.full((my, mx), -np.inf)
+    score = np.full((2 * my, 2 * mx), -np.inf)
     for radius in template_radii_angstroms(p, pixel):
         disc = _cosine_edge(distance, radius - edge / 2, edge)
         template = sfft.irfft2(sfft.rfft2(disc, workers=workers) * transfer, s=(my, mx),
@@ -511,15 +521,15 @@ def picking_maps(
         if not norm > 0:
             raise ValueError("the template is empty; check the radii and the resolution")
         template /= norm
-        current = sfft.irfft2(
-            np.conj(sfft.rfft2(template, workers=workers)) * whitened_ft, s=(my, mx),
-            workers=workers,
-        )
+        product = np.conj(sfft.rfft2(template, workers=workers)) * whitened_ft
+        current = sfft.irfft2(_pad_rfft_twofold(product, (my, mx)), s=(2 * my, 2 * mx),
+                              workers=workers)
         np.maximum(score, current, out=score)
     # Particles add positive outliers; the lower half of the distribution is
     # background: its median-to-15.9th-percentile distance is one σ.
+    excluded = np.repeat(np.repeat(excluded, 2, axis=0), 2, axis=1)
     centre, lower = np.percentile(
-        score[~excluded] if np.count_nonzero(~excluded) > 100 else score, [50.0, 15.865]
+        score[~excluded] if np.count_nonzero(~excluded) > 400 else score, [50.0, 15.865]
     )
     robust_sigma = float(centre - lower)
     if robust_sigma > 0:
@@ -530,10 +540,31 @@ def picking_maps(
         excluded=excluded,
         local_mean=local_mean.astype(np.float32),
         local_sigma=local_sigma.astype(np.float32),
-        pixel_size_x_angstroms=pixel_x,
-        pixel_size_y_angstroms=pixel_y,
+        pixel_size_x_angstroms=pixel_x / 2.0,
+        pixel_size_y_angstroms=pixel_y / 2.0,
         background_boxes=used,
     )
+
+
+def _pad_rfft_twofold(spectrum: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Zero-pad an ``rfft2`` spectrum of ``shape`` to that of twice the size on each axis.
+
+    The inverse transform (``s`` = twice ``shape``) interpolates the image onto a
+    grid twice as fine; its even-indexed samples are the original image. Nyquist
+    rows and columns of an even ``shape`` are split between the positive and
+    negative frequencies.
+    """
+    my, mx = shape
+    padded = np.zeros((2 * my, mx + 1), dtype=spectrum.dtype)
+    positive = (my + 1) // 2  # rows 0 .. ceil(my/2) - 1
+    padded[:positive, : mx // 2 + 1] = spectrum[:positive]
+    padded[2 * my - (my - positive) :, : mx // 2 + 1] = spectrum[positive:]
+    if my % 2 == 0:  # the Nyquist row -my/2 is also +my/2
+        padded[positive, : mx // 2 + 1] = 0.5 * spectrum[positive]
+        padded[2 * my - (my - positive), : mx // 2 + 1] *= 0.5
+    if mx % 2 == 0:  # the Nyquist column counts once in irfft2, a padded column twice
+        padded[:, mx // 2] *= 0.5
+    return padded * 4.0
 
 
 def template_radii_angstroms(params: PickingParams, pixel_size_angstroms: float) -> np.ndarray:

@@ -142,14 +142,7 @@ PIPELINE: tuple[tuple[str, str, dict[str, Any]], ...] = (
     (
         "find_particles",
         "Find Particles",
-        # the demo's small, crowded micrographs: a slightly lower threshold than cisTEM's 6 σ,
-        # as a user would choose after a preview
-        {
-            "characteristic_radius": 65.0,
-            "maximum_radius": 70.0,
-            "minimum_distance_from_edges": 64,
-            "threshold": 5.0,
-        },
+        {"characteristic_radius": 65.0, "maximum_radius": 70.0, "minimum_distance_from_edges": 64},
     ),
     (
         "create_refinement_package",
