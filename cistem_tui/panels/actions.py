@@ -341,7 +341,7 @@ class ActionsPanel(Container):
         if message.kind == "progress" and "task_id" not in payload and job == self.job_id:
             fraction = payload.get("fraction")
             if isinstance(fraction, int | float):
-                self.query_one("#action-progress", ProgressBar).update(progress=float(fraction))
+                self._set_progress(float(fraction))
             done, total = payload.get("done"), payload.get("total")
             if done is not None and total is not None:
                 self._status(f"job {job}: {done}/{total} tasks")
@@ -352,7 +352,7 @@ class ActionsPanel(Container):
                 reason = str(payload.get("reason") or "")
                 self._status(f"job {job}: {state}" + (f" ({reason})" if reason else ""))
                 if state == "completed":
-                    self.query_one("#action-progress", ProgressBar).update(progress=1.0)
+                    self._set_progress(1.0)
             if state in _TERMINAL and job == self.preview_job_id:
                 self.preview_job_id = None
                 if state == "completed":
@@ -362,6 +362,11 @@ class ActionsPanel(Container):
             self._update_buttons()
 
     # -- start, terminate, preview ---------------------------------------------------------
+
+    def _set_progress(self, fraction: float) -> None:
+        # events and replies may arrive while the panel is closing: no bar, nothing to do
+        for bar in self.query("#action-progress").results(ProgressBar):
+            bar.update(progress=fraction)
 
     def _status(self, text: str) -> None:
         if self.is_attached and self.query("#action-status"):
@@ -422,7 +427,7 @@ class ActionsPanel(Container):
         if job_id is None:
             return
         self.job_id, self.job_state = job_id, "queued"
-        self.query_one("#action-progress", ProgressBar).update(progress=0.0)
+        self._set_progress(0.0)
         self._status(f"job {job_id}: submitted")
         self._update_buttons()
         self.sync_job(job_id)
@@ -442,7 +447,7 @@ class ActionsPanel(Container):
             self._status(f"job {job_id}: {state}")
         progress = job.get("progress")
         if isinstance(progress, int | float) and self.is_attached:
-            self.query_one("#action-progress", ProgressBar).update(progress=float(progress))
+            self._set_progress(float(progress))
         self._update_buttons()
 
     async def _submit(self, action: str, values: dict[str, Any]) -> str | None:
