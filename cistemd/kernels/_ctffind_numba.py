@@ -21,6 +21,29 @@ __all__ = [
 ]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _normalised_correlation(
+    sum_s: float,
+    sum_ss: float,
+    sum_xs: float,
+    g_s: np.ndarray,
+    g_ss: np.ndarray,
+    g_xs: np.ndarray,
+    n: int,
+) -> tuple[float, np.ndarray]:  # pragma: no cover - compiled
+    """``r = Σxs / sqrt(Σs² − (Σs)²/n)`` and its gradient from the sums' gradients."""
+    variance = sum_ss - sum_s * sum_s / n
+    gradient = np.zeros(4)
+    if variance <= 0.0:
+        return 0.0, gradient
+    root = math.sqrt(variance)
+    r = sum_xs / root
+    for j in range(4):
+        d_variance = 2.0 * g_ss[j] - 2.0 * sum_s * g_s[j] / n
+        gradient[j] = g_xs[j] / root - 0.5 * sum_xs * d_variance / (variance * root)
+    return r, gradient
+
+
 @njit(cache=True, nogil=True)
 def correlation_and_gradient(
     k2: np.ndarray,
@@ -88,16 +111,7 @@ def correlation_and_gradient(
         g_s[1] += d1
         g_s[2] += d2
         g_s[3] += d3
-    variance = sum_ss - sum_s * sum_s / n
-    gradient = np.zeros(4)
-    if variance <= 0.0:
-        return 0.0, gradient
-    root = math.sqrt(variance)
-    r = sum_xs / root
-    for j in range(4):
-        d_variance = 2.0 * g_ss[j] - 2.0 * sum_s * g_s[j] / n
-        gradient[j] = g_xs[j] / root - 0.5 * sum_xs * d_variance / (variance * root)
-    return r, gradient
+    return _normalised_correlation(sum_s, sum_ss, sum_xs, g_s, g_ss, g_xs, n)
 
 
 @njit(cache=True, nogil=True)
@@ -204,16 +218,7 @@ def modulation_correlation_and_gradient(
         g_s[1] += d1
         g_s[2] += d2
         g_s[3] += derivative
-    variance = sum_ss - sum_s * sum_s / n
-    gradient = np.zeros(4)
-    if variance <= 0.0:
-        return 0.0, gradient
-    root = math.sqrt(variance)
-    r = sum_xs / root
-    for j in range(4):
-        d_variance = 2.0 * g_ss[j] - 2.0 * sum_s * g_s[j] / n
-        gradient[j] = g_xs[j] / root - 0.5 * sum_xs * d_variance / (variance * root)
-    return r, gradient
+    return _normalised_correlation(sum_s, sum_ss, sum_xs, g_s, g_ss, g_xs, n)
 
 
 @njit(cache=True, nogil=True)
