@@ -101,6 +101,20 @@ def accuracy() -> None:
             print(f"{name:<20} {pixel:>5.2f} {defocus:>7.0f} {exposure:>5.0f} "
                   f"{figures['recall']:>7.3f} {figures['precision']:>9.3f} "
                   f"{figures['median_error']:>6.2f} {figures['n']:>6}")
+    # The hardest corner, pooled: one crowded 2048² micrograph holds only ~70
+    # particles of 135 Å, so its recall alone moves by ±0.05 with the noise.
+    found = total = correct = picked = 0.0
+    for seed in (20, 30, 31, 32, 33, 8):
+        image, ctf, truth, diameter = simulate_case(models["apoferritin (135 Å)"], 1.0, 8000.0,
+                                                    30.0, seed)
+        figures = score_picks(picking.find_particles(image, pixel_size_angstroms=1.0, ctf=ctf),
+                              truth, diameter)
+        found += figures["recall"] * len(truth)
+        total += len(truth)
+        correct += figures["precision"] * figures["n"]
+        picked += figures["n"]
+    print(f"135 Å, 1 Å/px, 0.8 µm, 30 e/Å², 6 micrographs pooled: recall {found / total:.3f}, "
+          f"precision {correct / picked:.3f} ({int(total)} particles)")
 
 
 def main() -> None:

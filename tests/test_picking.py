@@ -74,6 +74,9 @@ CASES = [
     ("apoferritin", 1.25, 20000.0, 30.0, 5),
     ("big", 1.5, 15000.0, 30.0, 6),
     ("big", 1.0, 20000.0, 40.0, 7),
+    ("apoferritin", 1.0, 8000.0, 30.0, 8),
+    ("big", 1.5, 8000.0, 30.0, 41),
+    ("big", 1.25, 25000.0, 50.0, 44),
 ]
 
 
@@ -96,15 +99,42 @@ def test_default_parameters_find_the_particles(models, case):
 
 
 @pytest.mark.slow
-def test_low_defocus_is_harder_but_picks_stay_precise(models):
-    # At 0.8 µm and 30 Å the particle's matched-filter SNR is ~14σ at best, so
-    # many particles fall under the 6σ threshold; what is picked must be right.
-    image, ctf, truth, diameter = simulate_case(models["apoferritin"], 1.0, 8000.0, 30.0, 8)
-    figures = score_picks(picking.find_particles(image, pixel_size_angstroms=1.0, ctf=ctf),
-                          truth, diameter)
-    assert figures["precision"] >= 0.9, figures
-    assert figures["recall"] >= 0.3, figures
-    assert figures["median_error"] <= 5.0, figures
+def test_near_focus_small_particles_over_several_micrographs(models):
+    """The hardest corner of the range: 135 Å particles, 0.8 µm, 1 Å/px, 30 e/Å².
+
+    Each crowded 2048² micrograph holds only ~70 particles, so one micrograph's
+    recall moves by ±0.05 with the noise; four are pooled.
+    """
+    found = total = correct = picked = 0.0
+    for seed in (20, 30, 31, 32):
+        image, ctf, truth, diameter = simulate_case(models["apoferritin"], 1.0, 8000.0, 30.0,
+                                                    seed)
+        figures = score_picks(picking.find_particles(image, pixel_size_angstroms=1.0, ctf=ctf),
+                              truth, diameter)
+        assert figures["recall"] >= 0.85 and figures["median_error"] <= 5.0, (seed, figures)
+        found += figures["recall"] * len(truth)
+        total += len(truth)
+        correct += figures["precision"] * figures["n"]
+        picked += figures["n"]
+    assert found / total >= 0.9 and correct / picked >= 0.9, (found / total, correct / picked)
+
+
+@pytest.mark.slow
+def test_score_is_in_sigma_of_the_background_between_particles(models):
+    # Crowded micrograph near focus: away from every particle the score must be
+    # zero-mean with unit σ, although particles cover most of the area.
+    image, ctf, truth, _ = simulate_case(models["apoferritin"], 1.0, 8000.0, 30.0, 20)
+    maps = picking.picking_maps(image, pixel_size_angstroms=1.0, ctf=ctf)
+    ny, nx = maps.score.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    x = xx * maps.pixel_size_x_angstroms
+    y = yy * maps.pixel_size_y_angstroms
+    distance = np.full(maps.score.shape, np.inf)
+    for tx, ty in truth:
+        np.minimum(distance, np.hypot(x - tx, y - ty), out=distance)
+    far = maps.score[(distance > 150.0) & ~maps.excluded]
+    assert far.size > 1000
+    assert abs(float(far.mean())) < 0.15 and 0.9 < float(far.std()) < 1.1, (far.mean(), far.std())
 
 
 def test_pure_noise_gives_no_picks():
@@ -115,9 +145,9 @@ def test_pure_noise_gives_no_picks():
     assert len(picks) <= 1
 
 
+@pytest.mark.slow
 def test_white_protein_is_found_only_with_the_right_polarity(models):
-    image, ctf, truth, diameter = simulate_case(models["apoferritin"], 1.5, 20000.0, 40.0, 9,
-                                                n=1024)
+    image, ctf, truth, diameter = simulate_case(models["apoferritin"], 1.5, 20000.0, 40.0, 9)
     inverted = 2.0 * float(image.mean()) - image.astype(np.float32)
     white = picking.PickingParams(particles_are_white=True)
     right = score_picks(picking.find_particles(inverted, pixel_size_angstroms=1.5, ctf=ctf,
@@ -142,7 +172,9 @@ def test_picks_respect_edges_exclusion_and_order(models):
     assert np.all(picks.peak_height >= params.threshold_sigma)
     xy = np.column_stack([picks.x_angstroms, picks.y_angstroms])
     d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1)) + np.eye(len(xy)) * 1e9
-    assert d.min() >= params.maximum_radius_angstroms
+    # no two picks closer than the maximum radius or the characteristic diameter
+    assert d.min() >= max(params.maximum_radius_angstroms,
+                          2.0 * params.characteristic_radius_angstroms)
 
 
 def test_resampled_shape_and_parameters():

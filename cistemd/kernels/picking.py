@@ -36,11 +36,13 @@ the description of cisTEM's pipeline:
    scaled to a unit sum of squares, is cross-correlated with the whitened
    micrograph; the correlation is interpolated (zero-padded spectrum) onto a
    grid twice as fine as the resampled one, the score is the best template's
-   at each point, expressed in σ of the background score (median and lower
-   half of the score distribution over the allowed area) and zeroed in the
-   excluded areas.
+   at each point, expressed in σ of the background score (mean and standard
+   deviation of the score over the allowed area away from candidate
+   particles, see below) and zeroed in the excluded areas.
 8. **Peaks**: local maxima of the score above the threshold, highest first;
-   a peak closer than the maximum radius to an accepted one is dropped
+   a peak closer than the maximum radius, or than twice the characteristic
+   radius (two particles of that radius cannot overlap), to an accepted one
+   is dropped
    (accepted peaks too close to the edges are not reported but still
    suppress their neighbours, as in cisTEM). Positions are refined to
    sub-pixel precision by a parabola through the three scores along each
@@ -51,10 +53,16 @@ Differences from cisTEM, and why:
 * A single disc matches only particles whose edge lies within about a quarter
   period of the highest frequency used (7 Å at 30 Å); a family of radii keeps
   a mismatched characteristic radius from turning the score negative.
-* Picks must be *local maxima* of the score, which makes cisTEM's exclusion
-  circle of twice the maximum radius (needed there to stop the shoulder of a
-  strong peak being picked again) unnecessary: the exclusion radius is the
-  maximum radius, the GUI's "exclusion radius".
+* Picks must be *local maxima* of the score, and cisTEM's exclusion circle of
+  twice the maximum radius (which stops the shoulder of a strong peak being
+  picked again) would, at the default 120 Å, also drop true neighbours of
+  small particles. The exclusion distance is the larger of the maximum
+  radius (the GUI's "exclusion radius") and the characteristic diameter:
+  large particles at high defocus make secondary maxima of the score just
+  outside their rim (~120-135 Å from the centre of a 200 Å particle, 0.4 of
+  its height), which only this removes (precision of 200 Å particles at
+  1.5-2.5 µm 0.54-0.80 → 0.96-1.00, of 135 Å particles at 2-2.5 µm
+  0.84-0.87 → 1.00, once σ is measured away from particles).
 * Median and MAD instead of the histogram's mode and FWHM: with carbon or
   contamination the histogram has several peaks and the mode may be the
   artefact's. Local statistics are taken before the high-pass (carbon and
@@ -65,6 +73,15 @@ Differences from cisTEM, and why:
 * Scores are rescaled by the measured background σ, as crowded micrographs
   leave particle signal in the background boxes; the number of background
   boxes is capped at what fits in a quarter of the resampled micrograph.
+  The background is the allowed area outside discs of the maximum radius
+  around every score maximum above 4 σ (two rounds, starting from the median
+  and lower half of the distribution). Measured over the whole micrograph,
+  particles and their CTF side lobes raised the zero by 0.25-0.4 σ on
+  crowded micrographs; now the score between particles (more than a diameter
+  from any) has mean 0.0 ± 0.05 and σ 1.00 ± 0.02 (135 Å particles,
+  0.8-2.5 µm). Near focus (0.8 µm, 1 Å/px, 30 e/Å², six micrographs pooled)
+  recall rose from 0.87 to 0.92 at precision 0.998. Candidates from 3 σ
+  would also drop noise maxima and bias σ low (zero +0.15, σ +7 %).
 * Peak positions are interpolated rather than integer, and the score is
   evaluated on a grid twice as fine as the resampled micrograph. Close to
   focus the CTF passes mostly the frequencies near the highest resolution, so
@@ -104,6 +121,9 @@ _COSINE_EDGE_PX = 5.0
 TEMPLATE_RADIUS_SPAN = 0.3
 """Templates span the characteristic radius ± this fraction (:func:`template_radii_angstroms`)."""
 _BACKGROUND_AREA_FRACTION = 0.25
+_CANDIDATE_SIGMA = 4.0
+"""Score maxima above this many σ are left out (with their surroundings) when measuring σ."""
+_MIN_BACKGROUND_SAMPLES = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,15 +545,12 @@ def picking_maps(
         current = sfft.irfft2(_pad_rfft_twofold(product, (my, mx)), s=(2 * my, 2 * mx),
                               workers=workers)
         np.maximum(score, current, out=score)
-    # Particles add positive outliers; the lower half of the distribution is
-    # background: its median-to-15.9th-percentile distance is one σ.
     excluded = np.repeat(np.repeat(excluded, 2, axis=0), 2, axis=1)
-    centre, lower = np.percentile(
-        score[~excluded] if np.count_nonzero(~excluded) > 400 else score, [50.0, 15.865]
+    centre, sigma = _background_level_and_sigma(
+        score, excluded, p.maximum_radius_angstroms / math.sqrt(pixel_x * pixel_y / 4.0)
     )
-    robust_sigma = float(centre - lower)
-    if robust_sigma > 0:
-        score = (score - centre) / robust_sigma
+    if sigma > 0:
+        score = (score - centre) / sigma
 
     return PickingMaps(
         score=score.astype(np.float32),
@@ -544,6 +561,41 @@ def picking_maps(
         pixel_size_y_angstroms=pixel_y / 2.0,
         background_boxes=used,
     )
+
+
+def _background_level_and_sigma(
+    score: np.ndarray, excluded: np.ndarray, radius_px: float
+) -> tuple[float, float]:
+    """Mean and σ of the score where no particle is: the unit of the threshold.
+
+    Start from robust figures (median, and its distance to the 15.9th
+    percentile), then twice: take the local maxima above
+    :data:`_CANDIDATE_SIGMA` as candidate particles, leave out discs of
+    ``radius_px`` (the maximum radius) around them and the excluded areas, and
+    measure the mean and standard deviation of what is left. Particles and
+    their CTF side lobes otherwise raise the median (by 0.25-0.4 σ on a
+    crowded micrograph).
+    """
+    from scipy.ndimage import distance_transform_edt, maximum_filter
+
+    allowed = ~excluded
+    if np.count_nonzero(allowed) <= _MIN_BACKGROUND_SAMPLES:
+        allowed = np.ones_like(excluded)
+    centre, lower = np.percentile(score[allowed], [50.0, 15.865])
+    sigma = float(centre - lower)
+    for _ in range(2):
+        if not sigma > 0:
+            break
+        threshold = centre + _CANDIDATE_SIGMA * sigma
+        candidates = allowed & (score >= threshold) & (score == maximum_filter(score, size=3))
+        if not candidates.any():
+            break
+        far = distance_transform_edt(~candidates) > radius_px
+        background = score[allowed & far]
+        if background.size <= _MIN_BACKGROUND_SAMPLES:
+            break
+        centre, sigma = float(background.mean()), float(background.std())
+    return float(centre), sigma
 
 
 def _pad_rfft_twofold(spectrum: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -642,7 +694,7 @@ def find_particles(
     margin = p.minimum_distance_from_edges_px * pixel_size_angstroms
     x_max = (nx - 1) * pixel_size_angstroms - margin
     y_max = (ny - 1) * pixel_size_angstroms - margin
-    exclusion_sq = p.maximum_radius_angstroms**2
+    exclusion_sq = max(p.maximum_radius_angstroms, 2.0 * p.characteristic_radius_angstroms) ** 2
     accepted_x: list[float] = []
     accepted_y: list[float] = []
     xs: list[float] = []
