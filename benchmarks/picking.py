@@ -10,7 +10,7 @@ their ratio. Never fails on an absolute time.
 ``--accuracy`` also prints recall, precision (a pick within 0.2 × the particle
 diameter of a true centre) and the median position error on simulated 2048²
 micrographs over the issue's range (1-1.5 Å/px, 0.8-2.5 µm, 30-50 e/Å²,
-135 Å and ~200 Å particles), and the extraction correlation with the
+120 Å, 135 Å and ~200 Å particles), and the extraction correlation with the
 simulator's own projection.
 
 Run: ``.venv/bin/python benchmarks/picking.py [--repeats 5] [--threads 1] [--accuracy]``
@@ -81,10 +81,10 @@ def speed(repeats: int, threads: int) -> None:
 
 def accuracy() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_picking import _big_model, score_picks, simulate_case
+    from test_picking import _big_model, _small_model, score_picks, simulate_case
 
     models = {"apoferritin (135 Å)": simulate.apoferritin_like_model(seed=0),
-              "big (~200 Å)": _big_model()}
+              "small (~120 Å)": _small_model(), "big (~200 Å)": _big_model()}
     cases = [
         (1.0, 8000.0, 30.0), (1.0, 12000.0, 40.0), (1.5, 15000.0, 40.0),
         (1.25, 20000.0, 30.0), (1.0, 25000.0, 50.0), (1.5, 25000.0, 30.0),
@@ -103,18 +103,19 @@ def accuracy() -> None:
                   f"{figures['median_error']:>6.2f} {figures['n']:>6}")
     # The hardest corner, pooled: one crowded 2048² micrograph holds only ~70
     # particles of 135 Å, so its recall alone moves by ±0.05 with the noise.
-    found = total = correct = picked = 0.0
-    for seed in (20, 30, 31, 32, 33, 8):
-        image, ctf, truth, diameter = simulate_case(models["apoferritin (135 Å)"], 1.0, 8000.0,
-                                                    30.0, seed)
-        figures = score_picks(picking.find_particles(image, pixel_size_angstroms=1.0, ctf=ctf),
-                              truth, diameter)
-        found += figures["recall"] * len(truth)
-        total += len(truth)
-        correct += figures["precision"] * figures["n"]
-        picked += figures["n"]
-    print(f"135 Å, 1 Å/px, 0.8 µm, 30 e/Å², 6 micrographs pooled: recall {found / total:.3f}, "
-          f"precision {correct / picked:.3f} ({int(total)} particles)")
+    for name in ("apoferritin (135 Å)", "small (~120 Å)"):
+        found = total = correct = picked = 0.0
+        for seed in (20, 30, 31, 32, 33, 8):
+            image, ctf, truth, diameter = simulate_case(models[name], 1.0, 8000.0, 30.0, seed)
+            figures = score_picks(
+                picking.find_particles(image, pixel_size_angstroms=1.0, ctf=ctf), truth, diameter
+            )
+            found += figures["recall"] * len(truth)
+            total += len(truth)
+            correct += figures["precision"] * figures["n"]
+            picked += figures["n"]
+        print(f"{name}, 1 Å/px, 0.8 µm, 30 e/Å², 6 micrographs pooled: recall "
+              f"{found / total:.3f}, precision {correct / picked:.3f} ({int(total)} particles)")
 
 
 def main() -> None:
