@@ -1,9 +1,10 @@
 """Find Particles kernel: accuracy on simulated micrographs with known particle positions.
 
 Micrographs of 2048² pixels (1-1.5 Å/px, 30-50 e/Å²) with globular particles of
-135 Å (the simulator's apoferritin), ~120 Å (apoferritin scaled by 0.89 with
-70 % of its atoms) and ~200 Å diameter (three rotated copies of apoferritin
-scaled by 1.5), so the protein density stays realistic, picked
+135 Å (the simulator's apoferritin, a hollow 24-mer), ~120 Å (apoferritin
+scaled by 0.89 with 70 % of its atoms: a light, hollow 120 Å particle), a
+solid 120 Å globule (~750 kDa) and ~200 Å diameter (three rotated copies of
+apoferritin scaled by 1.5), so the protein density stays realistic, picked
 with the default parameters. A pick is a true positive within 0.2 × the
 particle diameter of a true centre.
 """
@@ -39,6 +40,17 @@ def _small_model() -> simulate.AtomicModel:
     keep = np.random.default_rng(0).random(base.atomic_numbers.size) < scale**3
     return simulate.AtomicModel(scale * base.coords_angstroms[keep], base.atomic_numbers[keep],
                                 name="apoferritin x0.89")
+
+
+def _globule_model(diameter: float = 120.0) -> simulate.AtomicModel:
+    """A solid globular particle: C/N/O atoms at protein density (0.062 Å⁻³) in a sphere."""
+    rng = np.random.default_rng(0)
+    radius = 0.5 * diameter
+    count = int(0.062 * 4.0 / 3.0 * math.pi * radius**3)
+    points = rng.uniform(-radius, radius, size=(3 * count, 3))
+    points = points[np.linalg.norm(points, axis=1) <= radius][:count]
+    numbers = rng.choice([6, 7, 8], size=points.shape[0], p=[0.62, 0.18, 0.20])
+    return simulate.AtomicModel(points, numbers, name=f"solid globule {diameter:.0f} Å")
 
 
 def simulate_case(model, pixel_size, defocus, exposure, seed, n=SIZE):
@@ -88,13 +100,14 @@ CASES = [
     ("big", 1.25, 25000.0, 50.0, 44),
     ("small", 1.5, 8000.0, 30.0, 50),
     ("small", 1.0, 15000.0, 30.0, 51),
+    ("globule", 1.0, 8000.0, 30.0, 20),
 ]
 
 
 @pytest.fixture(scope="module")
 def models():
     return {"apoferritin": simulate.apoferritin_like_model(seed=0), "big": _big_model(),
-            "small": _small_model()}
+            "small": _small_model(), "globule": _globule_model()}
 
 
 @pytest.mark.slow
