@@ -12,7 +12,8 @@ Two kinds of test data:
   its 3.7 Å peak): the Cramér–Rao bound of the mean defocus from a 2048²
   micrograph at 40 e/Å² is ≈ 20 Å (1.0 Å/px, all frequencies) to ≈ 37 Å
   (30–5 Å band), so these tests use bounds well above the issue's 5 Å,
-  which no estimator can reach on such data (see the report).
+  which no estimator can reach on such data (see the report); the median
+  |error| of an efficient estimator is 0.67 × the bound.
 
 Truth is only used here, never inside the kernel.
 """
@@ -478,12 +479,13 @@ def test_simulator_sweep_statistics():
         f"{np.median(phases[:, 0]):.1f} Å; phase error median {np.median(phases[:, 1]):.2f}°, "
         f"worst {phases[:, 1].max():.2f}°"
     )
-    assert np.median(table[:, 0]) <= 100.0
-    assert table[:, 0].max() <= 300.0
-    assert np.median(table[:, 0] / table[:, 4]) <= 3.5
-    assert np.median(table[:, 1]) <= 200.0
-    assert np.median(phases[:, 1]) <= 20.0
-    assert np.median(phases[:, 0]) <= 700.0
+    # An efficient estimator has a median |error| of 0.67 × the bound (Gaussian).
+    assert np.median(table[:, 0]) <= 30.0
+    assert table[:, 0].max() <= 150.0
+    assert np.median(table[:, 0] / table[:, 4]) <= 1.0
+    assert np.median(table[:, 1]) <= 150.0
+    assert np.median(phases[:, 1]) <= 6.0
+    assert np.median(phases[:, 0]) <= 300.0
 
 
 def test_astigmatism_restraint_and_exhaustive_search():

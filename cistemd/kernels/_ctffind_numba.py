@@ -17,7 +17,9 @@ __all__ = [
     "accumulate_power",
     "correlation_and_gradient",
     "modulation_correlation_and_gradient",
+    "ring_background_normal_equations",
     "sector_grid_search",
+    "whittle_and_gradient",
 ]
 
 
@@ -230,3 +232,87 @@ def accumulate_power(total: np.ndarray, spectra: np.ndarray) -> None:  # pragma:
             for x in range(nx):
                 value = spectra[i, y, x]
                 total[y, x] += value.real * value.real + value.imag * value.imag
+
+
+@njit(cache=True, nogil=True)
+def whittle_and_gradient(
+    k2: np.ndarray,
+    cos2a: np.ndarray,
+    sin2a: np.ndarray,
+    power: np.ndarray,
+    background: np.ndarray,
+    amplitude: np.ndarray,
+    params: np.ndarray,
+    constants: np.ndarray,
+) -> tuple[float, np.ndarray]:  # pragma: no cover - compiled
+    """Whittle negative log-likelihood ``Σ log M + P / M`` and its gradient.
+
+    ``M = background + amplitude · sin²χ`` is the expected power of each
+    pixel (``background > 0``, ``amplitude ≥ 0``); other arguments as
+    :func:`correlation_and_gradient`.
+    """
+    n = k2.shape[0]
+    pl = constants[0]
+    cs_term = constants[1]
+    offset = params[3] + constants[2]
+    m = params[0]
+    a = params[1]
+    b = params[2]
+    total = 0.0
+    gradient = np.zeros(4)
+    for i in range(n):
+        kk = k2[i]
+        c = cos2a[i]
+        s = sin2a[i]
+        chi_value = pl * kk * (m + a * c + b * s) - cs_term * kk * kk + offset
+        sine = math.sin(chi_value)
+        model = background[i] + amplitude[i] * sine * sine
+        ratio = power[i] / model
+        total += math.log(model) + ratio
+        # d/dχ: (1 − P/M) / M · S sin 2χ
+        common = (1.0 - ratio) / model * amplitude[i] * 2.0 * sine * math.cos(chi_value)
+        base = common * pl * kk
+        gradient[0] += base
+        gradient[1] += base * c
+        gradient[2] += base * s
+        gradient[3] += common
+    return total, gradient
+
+
+@njit(cache=True, nogil=True)
+def ring_background_normal_equations(
+    knot: np.ndarray,
+    fraction: np.ndarray,
+    ring: np.ndarray,
+    power: np.ndarray,
+    weight: np.ndarray,
+    n_knots: int,
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Build the normal equations of ``P ≈ Σ_j h_j(r) (b_j + s_j · ring)`` (weighted LSQ).
+
+    ``h_j`` are the piecewise-linear hat functions on the knots: pixel ``i``
+    lies between knots ``knot[i]`` and ``knot[i] + 1`` at ``fraction[i]``.
+    Unknowns are ordered ``(b_0 … b_{K−1}, s_0 … s_{K−1})``.
+    """
+    size = 2 * n_knots
+    lhs = np.zeros((size, size))
+    rhs = np.zeros(size)
+    for i in range(knot.shape[0]):
+        j = knot[i]
+        h = (1.0 - fraction[i], fraction[i])
+        q = ring[i]
+        w = weight[i]
+        p = power[i]
+        for u in range(2):
+            row = j + u
+            hu = h[u] * w
+            rhs[row] += hu * p
+            rhs[n_knots + row] += hu * q * p
+            for v in range(2):
+                col = j + v
+                value = hu * h[v]
+                lhs[row, col] += value
+                lhs[row, n_knots + col] += value * q
+                lhs[n_knots + row, col] += value * q
+                lhs[n_knots + row, n_knots + col] += value * q * q
+    return lhs, rhs
