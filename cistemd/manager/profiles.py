@@ -52,7 +52,7 @@ import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from cistemd.errors import InvalidInputError
@@ -143,6 +143,15 @@ def render_template(template: str, argv: Sequence[str]) -> str:
     )
 
 
+def _field_map(settings: Any) -> dict[str, Any]:
+    """Return a settings dataclass as a JSON-like map: its fields, tuples as lists."""
+    return {
+        spec.name: list(value) if isinstance(value, tuple) else value
+        for spec in fields(settings)
+        for value in (getattr(settings, spec.name),)
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ProfileCommand:
     """One command line of a run profile, run ``number_of_copies`` times.
@@ -206,15 +215,7 @@ class ProfileCommand:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the command as a JSON-like map (the field names of this class)."""
-        return {
-            "command_to_run": self.command_to_run,
-            "number_of_copies": self.number_of_copies,
-            "threads_per_copy": self.threads_per_copy,
-            "delay_ms": self.delay_ms,
-            "override_total_copies": self.override_total_copies,
-            "overridden_total_copies": self.overridden_total_copies,
-            "host": self.host,
-        }
+        return _field_map(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProfileCommand:
@@ -357,15 +358,7 @@ class SshSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-like map."""
-        return {
-            "user": self.user,
-            "port": self.port,
-            "known_hosts": self.known_hosts,
-            "identity_file": self.identity_file,
-            "keepalive_s": self.keepalive_s,
-            "connect_timeout_s": self.connect_timeout_s,
-            "remote_dir": self.remote_dir,
-        }
+        return _field_map(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SshSettings:
@@ -390,15 +383,7 @@ class SshSettings:
         return cls(**merged)
 
 
-_SSH_FIELDS: Final = (
-    "user",
-    "port",
-    "known_hosts",
-    "identity_file",
-    "keepalive_s",
-    "connect_timeout_s",
-    "remote_dir",
-)
+_SSH_FIELDS: Final = tuple(spec.name for spec in fields(SshSettings))
 
 
 def _check_ssh(values: Mapping[str, Any]) -> None:
@@ -462,19 +447,7 @@ class SchedulerSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-like map."""
-        return {
-            "kind": self.kind,
-            "mode": self.mode,
-            "queue": self.queue,
-            "account": self.account,
-            "walltime": self.walltime,
-            "memory": self.memory,
-            "job_name": self.job_name,
-            "extra_directives": list(self.extra_directives),
-            "prologue": list(self.prologue),
-            "submit_options": self.submit_options,
-            "submit_timeout_s": self.submit_timeout_s,
-        }
+        return _field_map(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SchedulerSettings:
@@ -502,19 +475,7 @@ class SchedulerSettings:
         return cls(**merged)
 
 
-_SCHEDULER_FIELDS: Final = (
-    "kind",
-    "mode",
-    "queue",
-    "account",
-    "walltime",
-    "memory",
-    "job_name",
-    "extra_directives",
-    "prologue",
-    "submit_options",
-    "submit_timeout_s",
-)
+_SCHEDULER_FIELDS: Final = tuple(spec.name for spec in fields(SchedulerSettings))
 _SAFE_VALUE: Final = re.compile(r"[A-Za-z0-9_.:+=@,/-]*")
 
 
