@@ -218,3 +218,90 @@ def test_unknown_worker_gets_nothing_and_hello_for_unknown_job_is_refused(daemon
     finally:
         sock.close()
         context.term()
+
+
+def _exchange(home, messages: list[protocol.Message], n_replies: int) -> list[protocol.Message]:
+    """Send ``messages`` back to back on one connection; return the replies in arrival order."""
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(home.client_endpoint)
+    try:
+        for message in messages:
+            sock.send(protocol.encode(message))
+        replies = []
+        while len(replies) < n_replies and sock.poll(60_000):
+            replies.append(protocol.decode(sock.recv(),
+                                           direction=protocol.Direction.DAEMON_TO_CLIENT))
+        return replies
+    finally:
+        sock.close()
+        context.term()
+
+
+def test_previews_are_drawn_without_holding_up_other_requests(daemon, home, project):
+    # Ten previews of a 4096² float32 micrograph take the daemon ~0.5-1 s to read and
+    # shrink; a ping from another client sent meanwhile must not wait for them.
+    import numpy as np
+
+    from cistemd.io import mrc
+    from cistemd.manager import client_ops
+
+    big = project / "Assets" / "big.mrc"
+    big.parent.mkdir(parents=True, exist_ok=True)
+    mrc.write(big, np.random.default_rng(0).standard_normal((4096, 4096), dtype=np.float32),
+              voxel_size_angstroms=1.1)
+    requests = [
+        protocol.new_message("image_preview", {
+            "project": str(project), "source": "file", "asset_id": 0, "path": str(big),
+            "which": "image", "max_size": 128,
+        })
+        for _ in range(10)
+    ]
+    context = zmq.Context()
+    viewer = context.socket(zmq.DEALER)
+    other = context.socket(zmq.DEALER)
+    try:
+        for sock in (viewer, other):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(home.client_endpoint)
+        for request in requests:
+            viewer.send(protocol.encode(request))
+        time.sleep(0.05)
+        sent_at = time.monotonic()
+        other.send(protocol.encode(protocol.new_message("ping")))
+        assert other.poll(60_000)
+        latency = time.monotonic() - sent_at
+        other.recv()
+        replies = []
+        while len(replies) < len(requests) and viewer.poll(60_000):
+            replies.append(protocol.decode(viewer.recv(),
+                                           direction=protocol.Direction.DAEMON_TO_CLIENT))
+    finally:
+        viewer.close()
+        other.close()
+        context.term()
+    # One picture, drawn here under the same load, for scale: held up behind the
+    # queued previews, the pong would take several of them.
+    start = time.monotonic()
+    client_ops.render_preview(str(big), "2d", max_size=128)
+    one_picture = time.monotonic() - start
+    assert latency < max(0.05, 1.5 * one_picture), (latency, one_picture)
+    picture = replies[-1].content
+    assert replies[-1].msg_type == "image_reply"
+    assert (picture["width"], picture["height"]) == (128, 128)
+    assert picture["original_width"] == 4096 and len(picture["pixels"]) == 128 * 128
+    assert replies[-1].parent_header.msg_id == requests[-1].header.msg_id
+
+    # A damaged file: a clear error naming it, in answer to that request; the daemon stays up.
+    broken = project / "Assets" / "broken.mrc"
+    broken.write_bytes(big.read_bytes()[:2048])
+    bad = protocol.new_message("image_preview", {
+        "project": str(project), "source": "file", "asset_id": 0, "path": str(broken),
+        "which": "image", "max_size": 64,
+    })
+    (error,) = _exchange(home, [bad], 1)
+    assert error.msg_type == "error" and "broken.mrc" in error.content["reason"]
+    assert error.parent_header.msg_id == bad.header.msg_id
+    with daemon.client() as client:
+        assert client.ping() >= 0

@@ -793,12 +793,43 @@ def image_preview(
     InvalidInputError
         No such asset, a missing file (named), or a path outside the project.
     """
+    filename, how = preview_source(project, source, asset_id=asset_id, path=path, which=which)
+    return render_preview(filename, how, which=which, max_size=max_size)
+
+
+def preview_source(
+    project: Project, source: str, *, asset_id: int = 0, path: str = "", which: str = "image"
+) -> tuple[str, str]:
+    """Return ``(file, kind)`` that :func:`image_preview` would draw (reads the project).
+
+    Parameters are :func:`image_preview`'s; ``kind`` is ``2d``, ``movie`` or
+    ``volume``. The daemon resolves this in its loop and draws in the background
+    (:func:`render_preview` reads only the file).
+    """
+    return _preview_file(project, source, int(asset_id), path, which)
+
+
+def render_preview(filename: str, how: str, *, which: str = "image",
+                   max_size: int = 256) -> dict[str, Any]:
+    """Return the ``image_reply`` content for a file found by :func:`preview_source`.
+
+    Parameters
+    ----------
+    filename, how
+        :func:`preview_source`'s answer.
+    which, max_size
+        As :func:`image_preview`.
+
+    Returns
+    -------
+    dict
+        As :func:`image_preview`.
+    """
     import numpy as np
 
     from cistemd.io import mrc
 
     max_size = max(16, min(512, int(max_size)))
-    filename, how = _preview_file(project, source, int(asset_id), path, which)
     pixel_size = 0.0
     if how == "movie":
         from cistemd.io.movie import open_movie
