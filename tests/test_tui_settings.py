@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 from daemon_fixtures import daemon, home  # noqa: F401  (pytest fixtures)
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Select, TextArea
 from tui_fakes import FakeDaemon, run_async
 
 from cistem_tui.app import CistemApp
 from cistem_tui.dialogs.prompt import ConfirmPrompt, TextPrompt
-from cistem_tui.panels.settings import CommandDialog, SettingsPanel
+from cistem_tui.panels.settings import CommandDialog, LauncherDialog, SettingsPanel
+from cistemd.manager.profiles import RunProfile
 
 
 async def _settle(pilot, seconds: float = 0.1) -> None:
@@ -74,6 +75,70 @@ async def test_add_edit_command_save_and_delete_a_profile():
         await pilot.press("y")
         await _settle(pilot, 0.2)
         assert [p["name"] for p in fake.profiles] == ["Default Local"]
+
+
+@run_async
+async def test_ssh_and_scheduler_settings_are_edited_and_saved():
+    fake = FakeDaemon()
+    app = CistemApp(client_factory=fake.client, home="/nonexistent-home")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _open_settings(pilot)
+        app.query_one("#profiles-table", DataTable).focus()
+        await pilot.press("l")  # local processes: nothing to edit, says so
+        assert not isinstance(app.screen, LauncherDialog)
+        assert any("no launcher settings" in n.message for n in app._notifications)
+        await pilot.press("a")
+        app.query_one("#profile-name", Input).value = "Slurm"
+        app.query_one("#profile-launcher", Select).value = "scheduler"
+        app.query_one("#profiles-table", DataTable).focus()
+        await pilot.press("l")
+        dialog = app.screen
+        assert isinstance(dialog, LauncherDialog)
+        # defaults shown: SLURM batch jobs, 30 s submit timeout
+        assert dialog.query_one("#launcher-kind", Select).value == "slurm"
+        assert dialog.query_one("#launcher-submit-timeout-s", Input).value == "30.0"
+        dialog.query_one("#launcher-queue", Input).value = "gpu"
+        dialog.query_one("#launcher-walltime", Input).value = "02:00:00"
+        dialog.query_one("#launcher-extra-directives", TextArea).text = "--gres=gpu:1\n\n"
+        dialog.query_one("#launcher-prologue", TextArea).text = "module load cuda\n"
+        dialog.query_one("#launcher-submit-timeout-s", Input).value = "soon"
+        await pilot.press("ctrl+s")
+        assert app.screen is dialog  # not a number: refused, named
+        assert any("Submit timeout" in n.message for n in app._notifications)
+        dialog.query_one("#launcher-submit-timeout-s", Input).value = "12"
+        await pilot.press("ctrl+s")
+        assert not isinstance(app.screen, LauncherDialog)
+        await pilot.press("ctrl+s")  # save the profile
+        await _settle(pilot, 0.2)
+        saved = {p["name"]: p for p in fake.profiles}["Slurm"]
+        assert saved["launcher"] == "scheduler"
+        scheduler = saved["scheduler"]
+        assert scheduler["queue"] == "gpu" and scheduler["walltime"] == "02:00:00"
+        assert scheduler["extra_directives"] == ["--gres=gpu:1"]
+        assert scheduler["prologue"] == ["module load cuda"]
+        assert scheduler["submit_timeout_s"] == 12.0
+        # an SSH cluster keeps its own settings next to them
+        app.query_one("#profile-launcher", Select).value = "ssh"
+        await pilot.press("l")
+        dialog = app.screen
+        assert isinstance(dialog, LauncherDialog)
+        assert dialog.query_one("#launcher-port", Input).value == "22"
+        dialog.query_one("#launcher-user", Input).value = "cryo"
+        dialog.query_one("#launcher-port", Input).value = "2222"
+        await pilot.press("ctrl+s")
+        app.query_one("#profile-commands", DataTable).focus()
+        await pilot.press("enter")  # an SSH command line names its host
+        app.screen.query_one("#command-host", Input).value = "node07"
+        await pilot.press("ctrl+s")
+        await pilot.press("ctrl+s")
+        await _settle(pilot, 0.2)
+        saved = {p["name"]: p for p in fake.profiles}["Slurm"]
+        assert saved["launcher"] == "ssh"
+        assert saved["ssh"]["user"] == "cryo" and saved["ssh"]["port"] == 2222
+        assert saved["scheduler"]["queue"] == "gpu"
+        # what the daemon would store
+        profile = RunProfile.from_dict(saved)
+        assert profile.ssh.port == 2222 and profile.scheduler.prologue == ("module load cuda",)
 
 
 @run_async

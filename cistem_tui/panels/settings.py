@@ -10,7 +10,9 @@ exported as text (``import_profiles``, ``export_profiles``).
 
 Keys: ``a`` new profile, ``y`` duplicate, ``D`` delete, ``ctrl+s`` save,
 ``e`` export to a file, ``i`` import from a file, ``+`` add a command line,
-``enter`` on a command line edits it, ``-`` removes it.
+``enter`` on a command line edits it, ``-`` removes it, ``l`` edits the SSH
+or scheduler settings of the chosen launcher (user, port, known_hosts, key;
+scheduler, mode, queue, account, wall time, memory, directives, prologue).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select
+from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, TextArea
 
 from cistem_tui.messages import DaemonStatus
 from cistem_tui.panels import in_worker, run_later
 
-__all__ = ["CommandDialog", "SettingsPanel", "new_profile"]
+__all__ = ["CommandDialog", "LauncherDialog", "SettingsPanel", "new_profile"]
 
 _LAUNCHERS = (
     ("local processes", "local"),
@@ -46,6 +48,31 @@ _COMMAND_FIELDS = (
     ("override_total_copies", "Override total copies", "bool"),
     ("overridden_total_copies", "Overridden total copies", "int"),
 )
+# The launchers' own settings (RunProfile.ssh / .scheduler): name, label, kind.
+_LAUNCHER_FIELDS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "ssh": (
+        ("user", "User (when a host has no user@)", "text"),
+        ("port", "Port (when a host has no :port)", "int"),
+        ("known_hosts", "known_hosts file (empty = ~/.ssh/known_hosts)", "text"),
+        ("identity_file", "Key file (empty = agent and ~/.ssh/id_*)", "text"),
+        ("keepalive_s", "Keepalive (s)", "float"),
+        ("connect_timeout_s", "Connect timeout (s)", "float"),
+        ("remote_dir", "Remote directory (empty = ~/.cistem/remote)", "text"),
+    ),
+    "scheduler": (
+        ("kind", "Scheduler", "slurm|sge|lsf|pbs"),
+        ("mode", "Mode", "batch|srun|allocation"),
+        ("queue", "Partition / queue", "text"),
+        ("account", "Account", "text"),
+        ("walltime", "Wall time (HH:MM:SS)", "text"),
+        ("memory", "Memory per worker (e.g. 4G)", "text"),
+        ("job_name", "Job name", "text"),
+        ("extra_directives", "Extra directives (one per line, no prefix)", "lines"),
+        ("prologue", "Prologue (shell lines before the worker)", "lines"),
+        ("submit_options", "Submit command options", "text"),
+        ("submit_timeout_s", "Submit timeout (s)", "float"),
+    ),
+}
 _PROFILE_INPUTS = (
     ("name", "Name"),
     ("manager_command", "Manager command"),
@@ -161,6 +188,89 @@ class CommandDialog(ModalScreen[dict[str, Any] | None]):
         self.dismiss(None)
 
 
+class LauncherDialog(ModalScreen[dict[str, Any] | None]):
+    """Edit the settings of a profile's SSH or scheduler launcher.
+
+    Parameters
+    ----------
+    kind
+        ``"ssh"`` or ``"scheduler"``.
+    settings
+        The current map (``SshSettings.to_dict()`` / ``SchedulerSettings.to_dict()``);
+        the daemon checks the values when the profile is saved.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "save", "OK"),
+    ]
+
+    def __init__(self, kind: str, settings: dict[str, Any]) -> None:
+        super().__init__(classes="dialog-screen")
+        self.kind = kind
+        self.settings = dict(settings)
+
+    def compose(self) -> ComposeResult:
+        """One field per setting, OK / Cancel."""
+        title = "SSH cluster settings" if self.kind == "ssh" else "Batch scheduler settings"
+        with VerticalScroll(classes="dialog"):
+            yield Label(title, classes="dialog-title")
+            for name, label, kind in _LAUNCHER_FIELDS[self.kind]:
+                wid = f"launcher-{name.replace('_', '-')}"
+                value = self.settings.get(name, "")
+                if kind == "lines":
+                    yield Label(label, classes="field-label")
+                    yield TextArea("\n".join(value or ()), id=wid, classes="launcher-lines")
+                    continue
+                with Horizontal(classes="field-row"):
+                    yield Label(label, classes="field-label")
+                    if "|" in kind:
+                        choices = [(choice, choice) for choice in kind.split("|")]
+                        yield Select(choices, value=str(value or choices[0][1]),
+                                     allow_blank=False, id=wid, compact=True)
+                    else:
+                        yield Input(str(value), id=wid, compact=True)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("OK", variant="primary", id="launcher-ok", compact=True)
+                yield Button("Cancel", id="launcher-cancel", compact=True)
+
+    def values(self) -> dict[str, Any]:
+        """Return the edited settings.
+
+        Raises
+        ------
+        ValueError
+            A number field holds no number (the message names it).
+        """
+        out = dict(self.settings)
+        for name, label, kind in _LAUNCHER_FIELDS[self.kind]:
+            widget: Any = self.query_one(f"#launcher-{name.replace('_', '-')}")
+            if kind == "lines":
+                out[name] = [line.strip() for line in widget.text.splitlines() if line.strip()]
+            elif kind in ("int", "float"):
+                text = str(widget.value).strip()
+                try:
+                    out[name] = int(text) if kind == "int" else float(text)
+                except ValueError:
+                    raise ValueError(f"{label}: expected a number, got {text!r}") from None
+            else:
+                out[name] = str(widget.value).strip()
+        return out
+
+    @on(Button.Pressed, "#launcher-ok")
+    def action_save(self) -> None:
+        """Return the edited settings."""
+        try:
+            self.dismiss(self.values())
+        except ValueError as exc:
+            self.app.notify(str(exc), severity="error")
+
+    @on(Button.Pressed, "#launcher-cancel")
+    def action_cancel(self) -> None:
+        """Close unchanged."""
+        self.dismiss(None)
+
+
 class SettingsPanel(Container):
     """Run profiles: list, add, edit, delete, import, export."""
 
@@ -173,6 +283,7 @@ class SettingsPanel(Container):
         Binding("e", "export_profiles", "Export"),
         Binding("plus", "add_command", "Add command", show=False),
         Binding("minus", "remove_command", "Remove command", show=False),
+        Binding("l", "launcher_settings", "Launcher settings", show=False),
     ]
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
@@ -208,6 +319,9 @@ class SettingsPanel(Container):
                         id="profile-launcher",
                         compact=True,
                     )
+                with Horizontal(classes="button-row"):
+                    yield Button("SSH / scheduler settings (l)", id="launcher-settings",
+                                 compact=True)
                 yield Label(
                     "Commands (Enter edits, + adds, - removes)", classes="section-title"
                 )
@@ -353,6 +467,10 @@ class SettingsPanel(Container):
     def _export_pressed(self) -> None:
         self.action_export_profiles()
 
+    @on(Button.Pressed, "#launcher-settings")
+    def _launcher_pressed(self) -> None:
+        self.action_launcher_settings()
+
     @on(Button.Pressed, "#command-add")
     def _add_command_pressed(self) -> None:
         self.action_add_command()
@@ -456,6 +574,26 @@ class SettingsPanel(Container):
             self._fill_commands()
 
         self.app.push_screen(CommandDialog(existing), done)
+
+    def action_launcher_settings(self) -> None:
+        """Edit the SSH or scheduler settings of the chosen launcher (kept on save)."""
+        profile = self.form_profile()
+        kind = profile.get("launcher", "local")
+        if kind not in _LAUNCHER_FIELDS:
+            self.app.notify("local processes have no launcher settings; choose SSH cluster "
+                            "or batch scheduler first")
+            return
+        self.current = profile
+
+        def done(settings: dict[str, Any] | None) -> None:
+            if settings is not None and self.current is not None:
+                self.current[kind] = settings
+
+        from cistemd.manager.profiles import SchedulerSettings, SshSettings
+
+        defaults = (SshSettings() if kind == "ssh" else SchedulerSettings()).to_dict()
+        settings = {**defaults, **(profile.get(kind) or {})}
+        self.app.push_screen(LauncherDialog(kind, settings), done)
 
     def action_remove_command(self) -> None:
         """Remove the highlighted command line."""
