@@ -357,15 +357,18 @@ def simulated_micrograph(
     return image
 
 
-def cramer_rao_mean_defocus(
-    noise_free: np.ndarray, mean_counts: float, pixel: float, truth: CTFParams, band: tuple
-) -> float:
-    """Cramér–Rao bound (Å) of the mean defocus alone, Whittle likelihood of the periodogram.
+def cramer_rao_bounds(
+    noise_free: np.ndarray, mean_counts: float, pixel: float, truth: CTFParams, band: tuple,
+    *, phase: bool = False,
+) -> np.ndarray:
+    """Cramér–Rao bounds (σ) of (mean defocus Å, astigmatism Å, azimuth rad[, phase rad]).
 
-    The periodogram of the whole micrograph has mean ``N + S(k) sin²χ`` (``N``
-    the Poisson noise = mean counts, ``S`` twice the radially smoothed power of
-    the noise-free image) and variance its mean squared; the Fisher
-    information is ``Σ (∂P/∂Δf)² / P²`` over the half-plane pixels of the band.
+    Whittle likelihood of the periodogram of the whole micrograph: mean
+    ``N + S(k) sin²χ`` (``N`` the Poisson noise = mean counts, ``S`` twice the
+    radially smoothed power of the noise-free image), variance its mean
+    squared; Fisher matrix ``Σ (∂P/∂θᵢ)(∂P/∂θⱼ) / P²`` over the half-plane
+    pixels of the band, inverted (the parameters are estimated together).
+    The median |error| of an efficient estimator is 0.67 × these.
     """
     from scipy.ndimage import uniform_filter1d
 
@@ -378,20 +381,24 @@ def cramer_rao_mean_defocus(
     profile = np.bincount(bins.ravel(), power.ravel()) / np.maximum(np.bincount(bins.ravel()), 1)
     envelope = 2 * uniform_filter1d(profile, 31)[bins]
     azimuth = np.arctan2(np.broadcast_to(ky, k.shape), np.broadcast_to(kx, k.shape))
+    theta = math.radians(truth.astigmatism_angle_degrees)
+    astigmatism = truth.defocus_1_angstroms - truth.defocus_2_angstroms
+    cos2, sin2 = np.cos(2 * (azimuth - theta)), np.sin(2 * (azimuth - theta))
     wavelength = truth.wavelength_angstroms
-    defocus = truth.mean_defocus_angstroms + 0.5 * (
-        truth.defocus_1_angstroms - truth.defocus_2_angstroms
-    ) * np.cos(2 * (azimuth - math.radians(truth.astigmatism_angle_degrees)))
     chi = (
-        math.pi * wavelength * k**2 * defocus
+        math.pi * wavelength * k**2 * (truth.mean_defocus_angstroms + 0.5 * astigmatism * cos2)
         - 0.5 * math.pi * wavelength**3 * truth.spherical_aberration_angstroms * k**4
         + math.asin(truth.amplitude_contrast)
         + truth.additional_phase_shift_radians
     )
-    model = mean_counts + envelope * np.sin(chi) ** 2
-    derivative = envelope * np.sin(2 * chi) * math.pi * wavelength * k**2
+    relative = envelope * np.sin(2 * chi) / (mean_counts + envelope * np.sin(chi) ** 2)
+    g = math.pi * wavelength * k**2
+    derivatives = [relative * g, relative * g * 0.5 * cos2, relative * g * astigmatism * sin2]
+    if phase:
+        derivatives.append(relative)
     inside = (k >= 1 / band[0]) & (k <= 1 / band[1])
-    return 1.0 / math.sqrt(float(np.sum((derivative[inside] / model[inside]) ** 2)))
+    d = np.array([x[inside] for x in derivatives])
+    return np.sqrt(np.diag(np.linalg.inv(d @ d.T)))
 
 
 def sweep_case(index: int, rng: np.random.Generator, phase_plate: bool) -> tuple:
@@ -461,9 +468,9 @@ def test_simulator_sweep_statistics():
             phase_rows.append((mean_error, phase_error))
         else:
             noise_free = simulated_micrograph(index, pixel, truth, dose, shot_noise=False)
-            bound = cramer_rao_mean_defocus(
+            bound = cramer_rao_bounds(
                 noise_free.astype(np.float64), dose * pixel * pixel, pixel, truth, (30.0, 5.0)
-            )
+            )[0]
             plain.append((mean_error, astig_error, angle_err, astig, bound))
     table = np.array(plain)
     big = table[:, 3] > 300
