@@ -240,7 +240,8 @@ def test_preview_draws_picks_on_the_micrograph():
                          and panel.form.action["name"] == "find_particles")
             # The group drop-down was filled from the project.
             await _until(pilot, lambda: app.query_one("#field-image_group", Select).value == 0)
-            assert app.query_one("#preview", Button).display
+            # the buttons follow the new form in the same refresh or the next one
+            await _until(pilot, lambda: app.query_one("#preview", Button).display)
             app.query_one("#field-image_group", Select).value = 2
             await pilot.pause()
             await panel.action_preview()
