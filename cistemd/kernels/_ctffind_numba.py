@@ -46,6 +46,15 @@ def _normalised_correlation(
     return r, gradient
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _chi(
+    kk: float, cos2: float, sin2: float, m: float, a: float, b: float, offset: float,
+    constants: np.ndarray,
+) -> float:  # pragma: no cover - compiled
+    """``χ = πλ k² (m + a cos 2α + b sin 2α) − ½πλ³Cs k⁴ + offset`` (see below)."""
+    return constants[0] * kk * (m + a * cos2 + b * sin2) - constants[1] * kk * kk + offset
+
+
 @njit(cache=True, nogil=True)
 def correlation_and_gradient(
     k2: np.ndarray,
@@ -70,11 +79,8 @@ def correlation_and_gradient(
     """
     n = k2.shape[0]
     pl = constants[0]
-    cs_term = constants[1]
     offset = params[3] + constants[2]
-    m = params[0]
-    a = params[1]
-    b = params[2]
+    m, a, b = params[0], params[1], params[2]
     sum_s = 0.0
     sum_ss = 0.0
     sum_xs = 0.0
@@ -85,7 +91,7 @@ def correlation_and_gradient(
         kk = k2[i]
         c = cos2a[i]
         s = sin2a[i]
-        chi_value = pl * kk * (m + a * c + b * s) - cs_term * kk * kk + offset
+        chi_value = _chi(kk, c, s, m, a, b, offset, constants)
         sine = math.sin(chi_value)
         cosine = math.cos(chi_value)
         wi = weight[i]
@@ -182,11 +188,8 @@ def modulation_correlation_and_gradient(
     """
     n = k2.shape[0]
     pl = constants[0]
-    cs_term = constants[1]
     offset = params[3] + constants[2]
-    m = params[0]
-    a = params[1]
-    b = params[2]
+    m, a, b = params[0], params[1], params[2]
     sum_s = 0.0
     sum_ss = 0.0
     sum_xs = 0.0
@@ -197,7 +200,7 @@ def modulation_correlation_and_gradient(
         kk = k2[i]
         c = cos2a[i]
         s = sin2a[i]
-        chi_value = pl * kk * (m + a * c + b * s) - cs_term * kk * kk + offset
+        chi_value = _chi(kk, c, s, m, a, b, offset, constants)
         wi = weight[i]
         model = -wi * math.cos(2.0 * chi_value)
         derivative = 2.0 * wi * math.sin(2.0 * chi_value)
@@ -253,18 +256,15 @@ def whittle_and_gradient(
     """
     n = k2.shape[0]
     pl = constants[0]
-    cs_term = constants[1]
     offset = params[3] + constants[2]
-    m = params[0]
-    a = params[1]
-    b = params[2]
+    m, a, b = params[0], params[1], params[2]
     total = 0.0
     gradient = np.zeros(4)
     for i in range(n):
         kk = k2[i]
         c = cos2a[i]
         s = sin2a[i]
-        chi_value = pl * kk * (m + a * c + b * s) - cs_term * kk * kk + offset
+        chi_value = _chi(kk, c, s, m, a, b, offset, constants)
         sine = math.sin(chi_value)
         model = background[i] + amplitude[i] * sine * sine
         ratio = power[i] / model

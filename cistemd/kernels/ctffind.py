@@ -634,14 +634,15 @@ def _centred_unit(values: np.ndarray) -> np.ndarray:
     return centred / norm
 
 
-def _fit_pixels(
-    filtered: np.ndarray,
-    spectrum_pixel: float,
-    low_res: float,
-    high_res: float,
-    modulation: np.ndarray | None = None,
-) -> _FitPixels:
-    box = filtered.shape[0]
+def _band(
+    box: int, spectrum_pixel: float, low_res: float, high_res: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """Select the fitted pixels of a centred ``box²`` spectrum: half plane, band, no cross.
+
+    Returns ``(mask, k², azimuth, dk, r_low)``: the mask over the box, each
+    pixel's squared frequency (Å⁻²) and azimuth (rad), the frequency step and
+    the band's inner radius in pixels.
+    """
     dy, dx, radius = _radius_grid(box)
     r_low = box * spectrum_pixel / low_res
     r_high = min(box * spectrum_pixel / high_res, box // 2 - 1)
@@ -651,8 +652,17 @@ def _fit_pixels(
     dk = 1.0 / (box * spectrum_pixel)
     kx = np.broadcast_to(dx, radius.shape)[mask] * dk
     ky = np.broadcast_to(dy, radius.shape)[mask] * dk
-    k2 = kx * kx + ky * ky
-    azimuth = np.arctan2(ky, kx)
+    return mask, kx * kx + ky * ky, np.arctan2(ky, kx), dk, r_low
+
+
+def _fit_pixels(
+    filtered: np.ndarray,
+    spectrum_pixel: float,
+    low_res: float,
+    high_res: float,
+    modulation: np.ndarray | None = None,
+) -> _FitPixels:
+    mask, k2, azimuth, dk, _ = _band(filtered.shape[0], spectrum_pixel, low_res, high_res)
     values = filtered[mask].astype(np.float64)
     relative = values if modulation is None else modulation[mask].astype(np.float64)
     return _FitPixels(
@@ -902,18 +912,7 @@ class _PowerPixels:
 
 def _power_pixels(power: np.ndarray, spectrum_pixel: float, low_res: float,
                   high_res: float) -> _PowerPixels:
-    box = power.shape[0]
-    dy, dx, radius = _radius_grid(box)
-    r_low = box * spectrum_pixel / low_res
-    r_high = min(box * spectrum_pixel / high_res, box // 2 - 1)
-    half = (dy > 0) | ((dy == 0) & (dx > 0))
-    cross = (np.abs(dx) <= _CROSS_HALF_WIDTH_PX) | (np.abs(dy) <= _CROSS_HALF_WIDTH_PX)
-    mask = half & ~cross & (radius >= r_low) & (radius <= r_high)
-    dk = 1.0 / (box * spectrum_pixel)
-    kx = np.broadcast_to(dx, radius.shape)[mask] * dk
-    ky = np.broadcast_to(dy, radius.shape)[mask] * dk
-    k2 = kx * kx + ky * ky
-    azimuth = np.arctan2(ky, kx)
+    mask, k2, azimuth, dk, r_low = _band(power.shape[0], spectrum_pixel, low_res, high_res)
     spacing = _LIKELIHOOD_KNOT_SPACING_PER_ANGSTROM / dk  # in spectrum pixels
     position = (np.sqrt(k2) / dk - r_low) / spacing
     knot = np.floor(position).astype(np.int64)
