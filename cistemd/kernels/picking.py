@@ -95,7 +95,7 @@ Differences from cisTEM, and why:
   grid are examined too.
 * Together (135 Å particles, 0.8 µm, 1 Å/px, 30 e/Å², six micrographs
   pooled): recall 0.87 → 0.905 at precision 0.99; 200 Å particles, and
-  135 Å particles from 1.2 µm: recall 1.00, precision ≥ 0.99.
+  135 Å particles from 1.2 µm: recall 1.00, precision ≥ 0.96.
 
 Coordinates: images are ``(ny, nx)``, x along axis 1. Positions are in Å
 from the centre of the first pixel (x = column × pixel size), cisTEM's
@@ -133,7 +133,6 @@ _CANDIDATE_SIGMA = 4.0
 """Score maxima above this many σ are left out (with their surroundings) when measuring σ."""
 _MIN_BACKGROUND_SAMPLES = 400
 _PEAK_SEARCH_MARGIN_SIGMA = 1.0
-"""Grid maxima this far below the threshold are interpolated in case their peak reaches it."""
 """Grid maxima this far below the threshold are interpolated in case their peak reaches it."""
 
 
