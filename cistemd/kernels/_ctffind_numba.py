@@ -16,7 +16,6 @@ from numba import njit
 __all__ = [
     "accumulate_power",
     "correlation_and_gradient",
-    "modulation_correlation_and_gradient",
     "ring_background_normal_equations",
     "sector_grid_search",
     "whittle_and_gradient",
@@ -64,10 +63,13 @@ def correlation_and_gradient(
     weight: np.ndarray,
     params: np.ndarray,
     constants: np.ndarray,
+    power_model: bool = False,
 ) -> tuple[float, np.ndarray]:  # pragma: no cover - compiled
     """Pearson correlation of ``data`` with ``weight · |sin χ|`` and its gradient.
 
-    ``data`` must be centred (zero mean) with unit sum of squares.
+    With ``power_model`` the model is ``weight · (−cos 2χ)`` instead:
+    ``−cos 2χ = 2 sin²χ − 1`` is the shape of the Thon-ring modulation of a
+    power spectrum. ``data`` must be centred (zero mean) with unit sum of squares.
     ``params = (m, a, b, φ)`` (Å, Å, Å, rad); ``constants = (πλ, ½πλ³Cs, w)``
     with ``w`` the amplitude-contrast phase, so that
     ``χ = πλ k² Δf(α) − ½πλ³Cs k⁴ + φ + w``.
@@ -92,11 +94,15 @@ def correlation_and_gradient(
         c = cos2a[i]
         s = sin2a[i]
         chi_value = _chi(kk, c, s, m, a, b, offset, constants)
-        sine = math.sin(chi_value)
-        cosine = math.cos(chi_value)
         wi = weight[i]
-        model = wi * abs(sine)
-        derivative = wi * cosine if sine >= 0.0 else -wi * cosine
+        if power_model:
+            model = -wi * math.cos(2.0 * chi_value)
+            derivative = 2.0 * wi * math.sin(2.0 * chi_value)
+        else:
+            sine = math.sin(chi_value)
+            cosine = math.cos(chi_value)
+            model = wi * abs(sine)
+            derivative = wi * cosine if sine >= 0.0 else -wi * cosine
         x = data[i]
         sum_s += model
         sum_ss += model * model
@@ -169,61 +175,6 @@ def sector_grid_search(
                     total += (1.0 - f) * sector_scores[s, j] + f * sector_scores[s, j + 1]
                 out[im, ia, t] = total
     return out
-
-
-@njit(cache=True, nogil=True)
-def modulation_correlation_and_gradient(
-    k2: np.ndarray,
-    cos2a: np.ndarray,
-    sin2a: np.ndarray,
-    data: np.ndarray,
-    weight: np.ndarray,
-    params: np.ndarray,
-    constants: np.ndarray,
-) -> tuple[float, np.ndarray]:  # pragma: no cover - compiled
-    """Pearson correlation of ``data`` with ``weight · (−cos 2χ)`` and its gradient.
-
-    ``−cos 2χ = 2 sin²χ − 1`` is the shape of the Thon-ring modulation of a
-    power spectrum; arguments as :func:`correlation_and_gradient`.
-    """
-    n = k2.shape[0]
-    pl = constants[0]
-    offset = params[3] + constants[2]
-    m, a, b = params[0], params[1], params[2]
-    sum_s = 0.0
-    sum_ss = 0.0
-    sum_xs = 0.0
-    g_xs = np.zeros(4)
-    g_ss = np.zeros(4)
-    g_s = np.zeros(4)
-    for i in range(n):
-        kk = k2[i]
-        c = cos2a[i]
-        s = sin2a[i]
-        chi_value = _chi(kk, c, s, m, a, b, offset, constants)
-        wi = weight[i]
-        model = -wi * math.cos(2.0 * chi_value)
-        derivative = 2.0 * wi * math.sin(2.0 * chi_value)
-        x = data[i]
-        sum_s += model
-        sum_ss += model * model
-        sum_xs += x * model
-        base = pl * kk * derivative
-        d1 = base * c
-        d2 = base * s
-        g_xs[0] += x * base
-        g_xs[1] += x * d1
-        g_xs[2] += x * d2
-        g_xs[3] += x * derivative
-        g_ss[0] += model * base
-        g_ss[1] += model * d1
-        g_ss[2] += model * d2
-        g_ss[3] += model * derivative
-        g_s[0] += base
-        g_s[1] += d1
-        g_s[2] += d2
-        g_s[3] += derivative
-    return _normalised_correlation(sum_s, sum_ss, sum_xs, g_s, g_ss, g_xs, n)
 
 
 @njit(cache=True, nogil=True)

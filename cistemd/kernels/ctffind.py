@@ -503,6 +503,33 @@ def _radial_profile(values: np.ndarray, radius: np.ndarray, mask: np.ndarray) ->
     return profile
 
 
+def _local_background(
+    values: np.ndarray, spectrum_pixel: float, min_resolution: float
+) -> np.ndarray:
+    """CTFFIND's local background of a centred spectrum; ``values`` is modified in place.
+
+    Inside ``1 / min_resolution`` and on the central cross (tile-edge
+    artefacts) the values are replaced by the rotational average, then a box
+    convolution of width ``box · pixel / min_res · √2`` (odd) gives the
+    background.
+    """
+    from scipy.ndimage import uniform_filter
+
+    box = values.shape[0]
+    dy, dx, radius = _radius_grid(box)
+    r_low = box * spectrum_pixel / min_resolution
+    cross = (np.abs(dx) <= _CROSS_HALF_WIDTH_PX) | (np.abs(dy) <= _CROSS_HALF_WIDTH_PX)
+    profile = _radial_profile(values, radius, ~cross & (radius > 0))
+    bins = np.rint(radius).astype(np.int64)
+    low_value = profile[min(math.ceil(r_low), profile.size - 1)]
+    replacement = np.where(radius < r_low, low_value, profile[bins])
+    replace_mask = cross | (radius < r_low)
+    values[replace_mask] = replacement[replace_mask]
+    size = int(box * spectrum_pixel / min_resolution * math.sqrt(2.0))
+    size = max(3, size + (1 - size % 2))
+    return np.asarray(uniform_filter(values, size=size, mode="reflect"))
+
+
 def filter_spectrum(
     spectrum: npt.ArrayLike,
     *,
@@ -526,8 +553,6 @@ def filter_spectrum(
     numpy.ndarray
         ``(box, box)`` float64, ≈ zero mean and unit σ in the band.
     """
-    from scipy.ndimage import uniform_filter
-
     amplitude = np.array(spectrum, dtype=np.float64)
     box = amplitude.shape[0]
     if amplitude.shape != (box, box):
@@ -542,15 +567,8 @@ def filter_spectrum(
     mean = float(amplitude[usable].mean())
     sigma = float(amplitude[usable].std()) or 1.0
     amplitude = (amplitude - mean) / sigma
-    profile = _radial_profile(amplitude, radius, ~cross & (radius > 0))
-    bins = np.rint(radius).astype(np.int64)
-    replace_mask = cross | (radius < r_low)
-    low_value = profile[min(math.ceil(r_low), profile.size - 1)]
-    replacement = np.where(radius < r_low, low_value, profile[bins])
-    amplitude[replace_mask] = replacement[replace_mask]
-    size = int(box * spectrum_pixel_size_angstroms / min_resolution_angstroms * math.sqrt(2.0))
-    size = max(3, size + (1 - size % 2))
-    background = uniform_filter(amplitude, size=size, mode="reflect")
+    background = _local_background(amplitude, spectrum_pixel_size_angstroms,
+                                   min_resolution_angstroms)
     filtered = amplitude - background
     sd = float(filtered[usable].std()) or 1.0
     filtered /= sd
@@ -587,22 +605,12 @@ def relative_modulation(
     numpy.ndarray
         ``(box, box)`` float64 (0 inside ``1 / min_res``).
     """
-    from scipy.ndimage import uniform_filter
-
     values = np.array(power, dtype=np.float64)
     box = values.shape[0]
-    dy, dx, radius = _radius_grid(box)
+    radius = _radius_grid(box)[2]
     r_low = box * spectrum_pixel_size_angstroms / min_resolution_angstroms
-    cross = (np.abs(dx) <= _CROSS_HALF_WIDTH_PX) | (np.abs(dy) <= _CROSS_HALF_WIDTH_PX)
-    profile = _radial_profile(values, radius, ~cross & (radius > 0))
-    bins = np.rint(radius).astype(np.int64)
-    low_value = profile[min(math.ceil(r_low), profile.size - 1)]
-    replacement = np.where(radius < r_low, low_value, profile[bins])
-    replace_mask = cross | (radius < r_low)
-    values[replace_mask] = replacement[replace_mask]
-    size = int(box * spectrum_pixel_size_angstroms / min_resolution_angstroms * math.sqrt(2.0))
-    size = max(3, size + (1 - size % 2))
-    background = uniform_filter(values, size=size, mode="reflect")
+    background = _local_background(values, spectrum_pixel_size_angstroms,
+                                   min_resolution_angstroms)
     tiny = max(float(np.median(background)) * 1e-9, 1e-300)
     out = values / np.maximum(background, tiny) - 1.0
     out[radius < r_low] = 0.0
@@ -854,12 +862,8 @@ def _refine(
 ) -> tuple[np.ndarray, float]:
     from scipy.optimize import minimize
 
-    from cistemd.kernels._ctffind_numba import (
-        correlation_and_gradient,
-        modulation_correlation_and_gradient,
-    )
+    from cistemd.kernels._ctffind_numba import correlation_and_gradient
 
-    kernel = modulation_correlation_and_gradient if power_model else correlation_and_gradient
     data = pixels.modulation if power_model else pixels.data
     # Optimise in scaled units: defocus terms in 100 Å, phase in radians.
     scale = np.array([100.0, 100.0, 100.0, 1.0])
@@ -869,7 +873,8 @@ def _refine(
     def objective(z: np.ndarray) -> tuple[float, np.ndarray]:
         p = fixed.copy()
         p[free] = z * scale[free]
-        r, g = kernel(pixels.k2, pixels.cos2a, pixels.sin2a, data, weight, p, constants)
+        r, g = correlation_and_gradient(pixels.k2, pixels.cos2a, pixels.sin2a, data, weight, p,
+                                        constants, power_model)
         cost = -r
         grad = -g * scale
         if tolerance > 0:
