@@ -310,6 +310,25 @@ def _lines_field(data: Mapping[str, Any], name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _with_defaults(settings_class: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a settings dataclass's fields from a checked map, absent ones at their defaults.
+
+    Fields declared ``float`` are converted (JSON may give ints); line lists
+    (``tuple[str, ...]``) become tuples.
+    """
+    merged: dict[str, Any] = {}
+    for spec in fields(settings_class):
+        if spec.name not in data:
+            merged[spec.name] = spec.default
+        elif spec.type == "float":
+            merged[spec.name] = float(data[spec.name])
+        elif spec.type == "tuple[str, ...]":
+            merged[spec.name] = _lines_field(data, spec.name)
+        else:
+            merged[spec.name] = data[spec.name]
+    return merged
+
+
 def _check_known(data: Mapping[str, Any], known: Sequence[str], what: str) -> None:
     if not isinstance(data, Mapping):
         raise InvalidInputError(f"{what} must be a map, got {data!r}")
@@ -374,16 +393,10 @@ class SshSettings:
         SshSettings
             The settings.
         """
-        _check_known(data, _SSH_FIELDS, "run profile 'ssh'")
+        _check_known(data, [spec.name for spec in fields(cls)], "run profile 'ssh'")
         _check_ssh(data)
-        defaults = cls.__dataclass_fields__
-        merged = {name: data.get(name, defaults[name].default) for name in _SSH_FIELDS}
-        merged["keepalive_s"] = float(merged["keepalive_s"])
-        merged["connect_timeout_s"] = float(merged["connect_timeout_s"])
-        return cls(**merged)
+        return cls(**_with_defaults(cls, data))
 
-
-_SSH_FIELDS: Final = tuple(spec.name for spec in fields(SshSettings))
 
 
 def _check_ssh(values: Mapping[str, Any]) -> None:
@@ -463,19 +476,11 @@ class SchedulerSettings:
         SchedulerSettings
             The settings.
         """
-        _check_known(data, _SCHEDULER_FIELDS, "run profile 'scheduler'")
+        _check_known(data, [spec.name for spec in fields(cls)], "run profile 'scheduler'")
         _check_scheduler(data)
-        defaults = cls.__dataclass_fields__
-        merged: dict[str, Any] = {}
-        for name in _SCHEDULER_FIELDS:
-            merged[name] = data.get(name, defaults[name].default)
-        merged["extra_directives"] = _lines_field(data, "extra_directives")
-        merged["prologue"] = _lines_field(data, "prologue")
-        merged["submit_timeout_s"] = float(merged["submit_timeout_s"])
-        return cls(**merged)
+        return cls(**_with_defaults(cls, data))
 
 
-_SCHEDULER_FIELDS: Final = tuple(spec.name for spec in fields(SchedulerSettings))
 _SAFE_VALUE: Final = re.compile(r"[A-Za-z0-9_.:+=@,/-]*")
 
 
