@@ -176,10 +176,13 @@ class Scheduler:
     Attributes are class-level: ``kind``, ``directive_prefix``,
     ``submit_command`` (the script path is appended, or the script goes to
     stdin when ``submit_via_stdin``), ``cancel_command``, ``job_id_pattern``
-    (group 1 = the id), ``ended_states`` (queue states of jobs that are over).
+    (group 1 = the id), ``ended_states`` (queue states of jobs that are over),
+    ``resource_options`` (the directive of each optional setting --
+    ``queue``, ``account``, ``walltime``, ``memory`` -- with ``{}`` for its value).
     """
 
     kind: ClassVar[str] = ""
+    resource_options: ClassVar[tuple[tuple[str, str], ...]] = ()
     directive_prefix: ClassVar[str] = "#"
     submit_command: ClassVar[tuple[str, ...]] = ()
     submit_via_stdin: ClassVar[bool] = False
@@ -208,6 +211,18 @@ class Scheduler:
         list of str
         """
         raise NotImplementedError
+
+    def resource_lines(self, settings: SchedulerSettings) -> list[str]:
+        """Return the directives of the optional settings that are set (``resource_options``)."""
+        return [
+            template.format(self.setting_value(settings, name))
+            for name, template in self.resource_options
+            if getattr(settings, name)
+        ]
+
+    def setting_value(self, settings: SchedulerSettings, name: str) -> str:
+        """Return a setting as this scheduler writes it (as given, by default)."""
+        return str(getattr(settings, name))
 
     def queue_command(self, user: str) -> list[str]:
         """Return the command that lists ``user``'s jobs.
@@ -262,6 +277,8 @@ class SLURM(Scheduler):
     """SLURM: ``sbatch --parsable``, ``scancel``, ``squeue``."""
 
     kind = "slurm"
+    resource_options = (("queue", "--partition={}"), ("account", "--account={}"),
+                        ("walltime", "--time={}"), ("memory", "--mem={}"))
     directive_prefix = "#SBATCH"
     submit_command = ("sbatch", "--parsable")
     cancel_command = ("scancel",)
@@ -283,8 +300,7 @@ class SLURM(Scheduler):
             "--ntasks=1",
             f"--cpus-per-task={threads}",
         ]
-        lines += _slurm_options(settings)
-        return lines
+        return lines + self.resource_lines(settings)
 
     def queue_command(self, user: str) -> list[str]:
         """Return ``squeue -h -u USER -o '%i|%j|%T'``."""
@@ -299,23 +315,12 @@ class SLURM(Scheduler):
         return ["scancel", f"--signal={int(signum)}", "--full"]
 
 
-def _slurm_options(settings: SchedulerSettings) -> list[str]:
-    lines = []
-    if settings.queue:
-        lines.append(f"--partition={settings.queue}")
-    if settings.account:
-        lines.append(f"--account={settings.account}")
-    if settings.walltime:
-        lines.append(f"--time={settings.walltime}")
-    if settings.memory:
-        lines.append(f"--mem={settings.memory}")
-    return lines
-
-
 class SGE(Scheduler):
     """Sun/Son of/Univa Grid Engine: ``qsub``, ``qdel``, ``qstat -r``."""
 
     kind = "sge"
+    resource_options = (("queue", "-q {}"), ("account", "-A {}"),
+                        ("walltime", "-l h_rt={}"), ("memory", "-l h_vmem={}"))
     directive_prefix = "#$"
     submit_command = ("qsub",)
     cancel_command = ("qdel",)
@@ -325,16 +330,8 @@ class SGE(Scheduler):
         self, settings: SchedulerSettings, *, name: str, threads: int, log_path: str
     ) -> list[str]:
         """Return SGE directives (threads: add ``-pe <your pe> N`` as an extra directive)."""
-        lines = [f"-N {name}", "-S /bin/sh", f"-o {log_path}", "-j y"]
-        if settings.queue:
-            lines.append(f"-q {settings.queue}")
-        if settings.account:
-            lines.append(f"-A {settings.account}")
-        if settings.walltime:
-            lines.append(f"-l h_rt={settings.walltime}")
-        if settings.memory:
-            lines.append(f"-l h_vmem={settings.memory}")
-        return lines
+        return [f"-N {name}", "-S /bin/sh", f"-o {log_path}", "-j y",
+                *self.resource_lines(settings)]  # fmt: skip
 
     def queue_command(self, user: str) -> list[str]:
         """Return ``qstat -u USER -r`` (``-r`` prints each job's full name)."""
@@ -358,6 +355,8 @@ class LSF(Scheduler):
     """IBM Spectrum LSF: ``bsub < script``, ``bkill``, ``bjobs``."""
 
     kind = "lsf"
+    resource_options = (("queue", "-q {}"), ("account", "-P {}"),
+                        ("walltime", "-W {}"), ("memory", "-M {}"))
     directive_prefix = "#BSUB"
     submit_command = ("bsub",)
     submit_via_stdin = True
@@ -369,18 +368,15 @@ class LSF(Scheduler):
         self, settings: SchedulerSettings, *, name: str, threads: int, log_path: str
     ) -> list[str]:
         """Return LSF directives (walltime as ``[HH:]MM``)."""
-        lines = [f"-J {name}", f"-o {log_path}", f"-e {log_path}", f"-n {threads}",
-                 '-R "span[hosts=1]"']  # fmt: skip
-        if settings.queue:
-            lines.append(f"-q {settings.queue}")
-        if settings.account:
-            lines.append(f"-P {settings.account}")
-        if settings.walltime:
-            parts = settings.walltime.split(":")
-            lines.append(f"-W {':'.join(parts[:2]) if len(parts) == 3 else settings.walltime}")
-        if settings.memory:
-            lines.append(f"-M {settings.memory}")
-        return lines
+        return [f"-J {name}", f"-o {log_path}", f"-e {log_path}", f"-n {threads}",
+                '-R "span[hosts=1]"', *self.resource_lines(settings)]  # fmt: skip
+
+    def setting_value(self, settings: SchedulerSettings, name: str) -> str:
+        """Return a setting as LSF writes it: the wall time as ``HH:MM``."""
+        parts = settings.walltime.split(":")
+        if name == "walltime" and len(parts) == 3:
+            return ":".join(parts[:2])
+        return super().setting_value(settings, name)
 
     def queue_command(self, user: str) -> list[str]:
         """Return ``bjobs -u USER -noheader -o 'jobid job_name stat delimiter="|"'``."""
@@ -399,6 +395,8 @@ class PBS(Scheduler):
     """PBS Pro and Torque: ``qsub``, ``qdel``, ``qstat -f``."""
 
     kind = "pbs"
+    resource_options = (("queue", "-q {}"), ("account", "-A {}"),
+                        ("walltime", "-l walltime={}"), ("memory", "-l mem={}"))
     directive_prefix = "#PBS"
     submit_command = ("qsub",)
     cancel_command = ("qdel",)
@@ -409,16 +407,8 @@ class PBS(Scheduler):
         self, settings: SchedulerSettings, *, name: str, threads: int, log_path: str
     ) -> list[str]:
         """Return PBS directives."""
-        lines = [f"-N {name}", f"-o {log_path}", "-j oe", f"-l nodes=1:ppn={threads}"]
-        if settings.queue:
-            lines.append(f"-q {settings.queue}")
-        if settings.account:
-            lines.append(f"-A {settings.account}")
-        if settings.walltime:
-            lines.append(f"-l walltime={settings.walltime}")
-        if settings.memory:
-            lines.append(f"-l mem={settings.memory}")
-        return lines
+        return [f"-N {name}", f"-o {log_path}", "-j oe", f"-l nodes=1:ppn={threads}",
+                *self.resource_lines(settings)]  # fmt: skip
 
     def queue_command(self, user: str) -> list[str]:
         """Return ``qstat -f`` (full records: ``Job Id``, ``Job_Name``, ``job_state``)."""
@@ -533,7 +523,7 @@ def job_script(
 
 def _srun_options(settings: SchedulerSettings, *, name: str, threads: int) -> list[str]:
     options = [f"--job-name={name}", f"--cpus-per-task={threads}"]
-    options += _slurm_options(settings)
+    options += SLURM().resource_lines(settings)
     for directive in settings.extra_directives:
         options += shlex.split(directive)
     options += shlex.split(settings.submit_options)
